@@ -1,0 +1,87 @@
+"""The main domain's own pages and API, an aiohttp app behind the proxy.
+
+Requests reach this app only through the proxy, over an in-process socket
+pair, so the X-Forwarded-* and X-Request-Id headers it sees were set by the
+proxy from the real connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.worker import Gateway
+
+GATEWAY_KEY = web.AppKey("gateway", object)
+
+_HOME = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>wsgate</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}</style>
+</head><body><h1>wsgate</h1>
+<p>This gateway serves developer workspaces at <code>https://&lt;port&gt;-&lt;workspace&gt;.ws.DOMAIN/</code>.</p>
+</body></html>
+"""
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Strict-Transport-Security": "max-age=31536000",
+}
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY_KEY]  # type: ignore[return-value]
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    response = await handler(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the worker's loop answers."""
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: listening and not draining."""
+    gw = _gateway(request)
+    if gw.draining or gw.server is None:
+        return web.json_response({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
+    return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
+
+
+async def home(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    return web.Response(text=_HOME.replace("DOMAIN", gw.config.domain), content_type="text/html")
+
+
+def build_app(gw: Gateway) -> web.Application:
+    app = web.Application(middlewares=[security_headers], client_max_size=1 << 20)
+    app[GATEWAY_KEY] = gw
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", home)
+    return app
+
+
+def build_redirect_app(gw: Gateway) -> web.Application:
+    """Plain HTTP answers only with a redirect to HTTPS on a host the gateway serves."""
+
+    async def redirect(request: web.Request) -> web.Response:
+        route = gw.router.match(request.headers.get("Host", "").encode("latin-1", "replace"))
+        host = gw.config.domain if isinstance(route, int) else route.host
+        port = gw.config.listen.port
+        authority = host if port == 443 else f"{host}:{port}"
+        raise web.HTTPPermanentRedirect(f"https://{authority}{request.rel_url}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    return app

@@ -1,0 +1,93 @@
+"""The `wsgate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from certs.errors import CertificateError
+from gateway.config import ConfigError, load_config
+
+DESCRIPTION = """\
+wsgate: an authenticating TLS gateway for cloud developer workspaces.
+
+It terminates TLS for the main domain and every workspace host, and forwards
+HTTP and WebSocket traffic to workspaces at https://<port>-<workspace>.ws.<domain>/.
+Run `wsgate serve` with no config for the embedded defaults (a local CA under
+./.wsgate and the domain wsgate.localhost, which browsers resolve to this machine).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsgate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM. "
+                           "SIGHUP re-reads the config file and the certificates without dropping connections.")
+    serve.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: embedded defaults)")
+
+    config = sub.add_parser("config", help="work with config files", description="Work with config files.")
+    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check = csub.add_parser("check", help="validate a config file without serving",
+                            description="Validate FILE exactly as `wsgate serve` would (keys, types, values, "
+                            "and that configured certificates load), and print a summary.")
+    check.add_argument("file", metavar="FILE")
+
+    certs = sub.add_parser("certs", help="certificates", description="Certificates of the local CA.")
+    ssub = certs.add_subparsers(dest="certs_command", metavar="SUBCOMMAND")
+    ca = ssub.add_parser("ca", help="print the local CA certificate to trust in browsers",
+                         description="Print the local CA certificate's path and PEM. Add it to your browser's or "
+                         "system's trust store to open the gateway without warnings.")
+    ca.add_argument("--config", "-c", metavar="FILE", help="config file whose state_dir holds the CA")
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            from gateway.server import serve
+
+            return serve(load_config(args.config))
+        if args.command == "config" and args.config_command == "check":
+            return _config_check(args.file)
+        if args.command == "certs" and args.certs_command == "ca":
+            from certs.localca import ca_pem
+
+            cfg = load_config(args.config)
+            path, pem = ca_pem(cfg.state_path)
+            print(f"# {path}")
+            print(pem, end="" if pem.endswith("\n") else "\n")
+            return 0
+        if args.command == "version":
+            from importlib.metadata import version
+
+            print(version("wsgate"))
+            return 0
+    except (ConfigError, CertificateError) as e:
+        print(f"wsgate: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"wsgate: {e}", file=sys.stderr)
+        return 1
+    if args.command in ("config", "certs"):
+        parser.parse_args([args.command, "--help"])
+    parser.print_help()
+    return 2
+
+
+def _config_check(path: str) -> int:
+    from gateway.server import build_tls
+
+    cfg = load_config(path)
+    if cfg.tls.certificates:
+        build_tls(cfg)
+    print(f"{path}: OK")
+    print(f"  domain: {cfg.domain} (workspaces at *.{cfg.workspace_suffix})")
+    print(f"  listen: {cfg.listen.address}:{cfg.listen.port}, workers: {cfg.worker_count}")
+    print(f"  certificates: {len(cfg.tls.certificates) or 'local CA under ' + cfg.state_dir}")
+    print(f"  static routes: {len(cfg.routes)}, static workspace ports: {len(cfg.workspaces)}")
+    return 0

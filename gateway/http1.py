@@ -1,0 +1,275 @@
+"""HTTP/1.1 message rules for the proxy, kept apart from sockets so they test alone.
+
+The parser (llhttp through httptools) already rejects the classic smuggling
+shapes (Content-Length with Transfer-Encoding, duplicate lengths, bad chunk
+sizes, obs-fold, bare CR/LF, NUL). What is left here is the proxy's own policy:
+which headers travel, how bodies are framed on the other side, and the extra
+request checks the parser is lenient about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from html import escape
+from typing import Final
+
+Headers = list[tuple[bytes, bytes]]
+
+# Headers that describe one hop and never cross the proxy (RFC 9110 7.6.1).
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"expect",
+    }
+)
+# Set by the gateway from the real connection; incoming copies are believed
+# only from trusted proxies.
+FORWARDING: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"forwarded", b"x-real-ip"}
+)
+REQUEST_ID: Final = b"x-request-id"
+
+REASONS: Final = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    421: "Misdirected Request",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def is_valid_request_id(value: bytes) -> bool:
+    return 0 < len(value) <= 128 and all(0x21 <= c <= 0x7E for c in value)
+
+
+def check_transfer_encoding(value: bytes, http_minor: int) -> None:
+    """Only a lone `chunked` is framed unambiguously by every upstream."""
+    if http_minor == 0:
+        raise BadRequest(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests")
+    if value.strip().lower() != b"chunked":
+        raise BadRequest(400, "unsupported Transfer-Encoding (only 'chunked' is accepted)")
+
+
+def check_target(target: bytes, method: bytes) -> None:
+    if target.startswith(b"/"):
+        return
+    if target == b"*" and method == b"OPTIONS":
+        return
+    raise BadRequest(400, "request target must be a path")
+
+
+def forwarded_for_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+class TrustedProxies:
+    """Which client addresses may vouch for X-Forwarded-* (answers cached per address)."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                hit = False
+            else:
+                hit = any(addr in n for n in self._nets)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[ip] = hit
+        return hit
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    *,
+    host: bytes,
+    client_ip: str,
+    trusted: bool,
+    request_id: bytes,
+    body: str,
+    upgrade: bytes | None,
+    drop: frozenset[bytes] = frozenset(),
+) -> bytes:
+    """The request head sent upstream.
+
+    `body` is "none", "length" (a single validated Content-Length is among
+    `headers`) or "chunked" (the gateway re-chunks the decoded body). `drop`
+    names extra headers to remove (the gateway's own auth headers).
+    """
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed |= connection_tokens(value)
+    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    xff = xfp = xfh = fwd = b""
+    for name, value in headers:
+        low = name.lower()
+        if low in HOP_BY_HOP or low in listed or low == b"host" or low in drop:
+            continue
+        if low == b"content-length" and body != "length":
+            continue
+        if low in FORWARDING or low == REQUEST_ID:
+            if trusted:
+                if low == b"x-forwarded-for":
+                    xff = value if not xff else xff + b", " + value
+                elif low == b"x-forwarded-proto":
+                    xfp = value
+                elif low == b"x-forwarded-host":
+                    xfh = value
+                elif low == b"forwarded":
+                    fwd = value if not fwd else fwd + b", " + value
+            continue
+        out += (name, b": ", value, b"\r\n")
+    ip = client_ip.encode()
+    orig_host = host
+    out += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n")
+    out += (b"X-Forwarded-Proto: ", xfp or b"https", b"\r\n")
+    out += (b"X-Forwarded-Host: ", xfh or orig_host, b"\r\n")
+    node = forwarded_for_node(client_ip).encode()
+    mine = b"for=" + node + b";proto=https;host=\"" + orig_host.replace(b'"', b"") + b'"'
+    out += (b"Forwarded: ", fwd + b", " + mine if fwd else mine, b"\r\n")
+    out += (b"X-Request-Id: ", request_id, b"\r\n")
+    if body == "chunked":
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
+    else:
+        out.append(b"Connection: keep-alive\r\n\r\n")
+    return b"".join(out)
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    framing: str,
+    close: bool,
+    upgrade: bool = False,
+    drop_cookie: bytes | None = None,
+) -> bytes:
+    """The response head sent to the client.
+
+    `framing` is "length" (upstream's Content-Length kept), "chunked"
+    (re-chunked by the gateway), "none" (no body: 204/304/HEAD keeps its
+    Content-Length) or "close" (delimited by closing the connection).
+    """
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed |= connection_tokens(value)
+    out = [b"HTTP/1.1 %d " % status, reason or REASONS.get(status, "Unknown").encode(), b"\r\n"]
+    for name, value in headers:
+        low = name.lower()
+        if low in HOP_BY_HOP or low in listed:
+            if upgrade and low == b"upgrade":
+                out += (name, b": ", value, b"\r\n")
+            continue
+        if low == b"content-length" and framing not in ("length", "none"):
+            continue
+        if drop_cookie is not None and low == b"set-cookie" and _names_cookie(value, drop_cookie):
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if upgrade:
+        out.append(b"Connection: Upgrade\r\n\r\n")
+        return b"".join(out)
+    if framing == "chunked":
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(out)
+
+
+def _names_cookie(set_cookie: bytes, prefix: bytes) -> bool:
+    name = set_cookie.split(b"=", 1)[0].strip().lower()
+    return name.startswith(prefix)
+
+
+def wants_json(accept: bytes | None) -> bool:
+    if not accept:
+        return False
+    a = accept.lower()
+    return b"application/json" in a and b"text/html" not in a
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{status} {reason}</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}}
+h1{{font-size:1.4em}}code{{color:#555}}</style></head>
+<body><h1>{status} {reason}</h1><p>{message}</p><p><code>request id {rid}</code></p></body></html>
+"""
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    request_id: bytes,
+    accept: bytes | None,
+    close: bool,
+    head_only: bool = False,
+    extra_headers: Headers = (),  # type: ignore[assignment]
+) -> bytes:
+    """A complete small response written by the gateway itself (never upstream details)."""
+    reason = REASONS.get(status, "Error")
+    rid = request_id.decode("ascii", "replace")
+    if wants_json(accept):
+        body = json.dumps({"error": reason, "status": status, "message": message, "request_id": rid}).encode()
+        ctype = b"application/json"
+    else:
+        body = _PAGE.format(status=status, reason=reason, message=escape(message), rid=escape(rid)).encode()
+        ctype = b"text/html; charset=utf-8"
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()),
+        b"Content-Type: " + ctype + b"\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        b"X-Request-Id: " + request_id + b"\r\n",
+    ]
+    for name, value in extra_headers:
+        head.append(name + b": " + value + b"\r\n")
+    head.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(head) + (b"" if head_only else body)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"

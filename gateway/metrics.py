@@ -1,0 +1,116 @@
+"""Prometheus text-format metrics, kept as plain counters on the request path.
+
+Each worker keeps its own numbers; with several workers the supervisor sums
+the snapshots they send it (see gateway.server).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from typing import Any
+
+# Request latency buckets in seconds.
+BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    __slots__ = (
+        "requests",
+        "latency_counts",
+        "latency_sum",
+        "upstream_errors",
+        "tls_handshakes",
+        "open_connections",
+        "open_websockets",
+        "websockets_total",
+    )
+
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.latency_counts = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.upstream_errors: defaultdict[str, int] = defaultdict(int)
+        self.tls_handshakes: defaultdict[str, int] = defaultdict(int)
+        self.open_connections = 0
+        self.open_websockets = 0
+        self.websockets_total = 0
+
+    def observe(self, kind: str, status: int, seconds: float) -> None:
+        self.requests[(kind, status)] += 1
+        self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[k, s, n] for (k, s), n in self.requests.items()],
+            "latency_counts": list(self.latency_counts),
+            "latency_sum": self.latency_sum,
+            "upstream_errors": dict(self.upstream_errors),
+            "tls_handshakes": dict(self.tls_handshakes),
+            "open_connections": self.open_connections,
+            "open_websockets": self.open_websockets,
+            "websockets_total": self.websockets_total,
+        }
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = Metrics().snapshot()
+    req: defaultdict[tuple[str, int], int] = defaultdict(int)
+    for snap in snapshots:
+        for k, s, n in snap["requests"]:
+            req[(k, s)] += n
+        total["latency_counts"] = [a + b for a, b in zip(total["latency_counts"], snap["latency_counts"], strict=True)]
+        total["latency_sum"] += snap["latency_sum"]
+        for key in ("upstream_errors", "tls_handshakes"):
+            for name, n in snap[key].items():
+                total[key][name] = total[key].get(name, 0) + n
+        for key in ("open_connections", "open_websockets", "websockets_total"):
+            total[key] += snap[key]
+    total["requests"] = [[k, s, n] for (k, s), n in req.items()]
+    return total
+
+
+def render(snap: dict[str, Any]) -> str:
+    """Prometheus text exposition format 0.0.4."""
+    out = [
+        "# HELP wsgate_requests_total Requests answered, by route kind and status.",
+        "# TYPE wsgate_requests_total counter",
+    ]
+    for kind, status, n in sorted(snap["requests"]):
+        out.append(f'wsgate_requests_total{{kind="{kind}",status="{status}"}} {n}')
+    out += [
+        "# HELP wsgate_request_duration_seconds Time from request head to end of response.",
+        "# TYPE wsgate_request_duration_seconds histogram",
+    ]
+    cumulative = 0
+    for bound, n in zip((*BUCKETS, float("inf")), snap["latency_counts"], strict=True):
+        cumulative += n
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        out.append(f'wsgate_request_duration_seconds_bucket{{le="{le}"}} {cumulative}')
+    out.append(f"wsgate_request_duration_seconds_sum {snap['latency_sum']}")
+    out.append(f"wsgate_request_duration_seconds_count {cumulative}")
+    out += [
+        "# HELP wsgate_upstream_errors_total Failed upstream exchanges, by reason.",
+        "# TYPE wsgate_upstream_errors_total counter",
+    ]
+    for reason, n in sorted(snap["upstream_errors"].items()):
+        out.append(f'wsgate_upstream_errors_total{{reason="{reason}"}} {n}')
+    out += [
+        "# HELP wsgate_tls_handshakes_total Completed TLS handshakes, by whether the session was resumed.",
+        "# TYPE wsgate_tls_handshakes_total counter",
+    ]
+    for kind, n in sorted(snap["tls_handshakes"].items()):
+        out.append(f'wsgate_tls_handshakes_total{{session="{kind}"}} {n}')
+    out += [
+        "# HELP wsgate_open_connections Client connections open now.",
+        "# TYPE wsgate_open_connections gauge",
+        f"wsgate_open_connections {snap['open_connections']}",
+        "# HELP wsgate_open_websockets Proxied WebSockets open now.",
+        "# TYPE wsgate_open_websockets gauge",
+        f"wsgate_open_websockets {snap['open_websockets']}",
+        "# HELP wsgate_websockets_total Proxied WebSockets opened.",
+        "# TYPE wsgate_websockets_total counter",
+        f"wsgate_websockets_total {snap['websockets_total']}",
+    ]
+    return "\n".join(out) + "\n"

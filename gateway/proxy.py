@@ -1,0 +1,1024 @@
+"""The forwarding hot path: asyncio protocols with the llhttp parser (httptools).
+
+A textbook aiohttp proxy spends most of each request building request and
+response objects; here a client connection is one protocol object that parses
+with llhttp, picks the route, and writes a rebuilt head and the streamed body
+straight into a pooled upstream connection. Back-pressure is wired both ways
+with pause_reading/resume_reading, so a slow side never makes the gateway
+buffer without bound. After a WebSocket 101 both sides become a byte tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from gateway import http1
+from gateway.http1 import BadRequest, Headers
+from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
+from routing.table import MAIN, Route, Upstream
+
+if TYPE_CHECKING:
+    from gateway.worker import Gateway
+
+log = logging.getLogger("wsgate.proxy")
+
+# Reasons the client side stops reading (bit flags, resumed only when all clear).
+_PAUSE_UPSTREAM = 1  # upstream's write buffer is full
+_PAUSE_PIPELINE = 2  # a further request arrived before this response ended
+_PAUSE_CONNECT = 4  # waiting for an upstream connection
+
+_WRITE_HIGH = 256 * 1024
+_WRITE_LOW = 64 * 1024
+
+_REQUEST_ID_PREFIX = os.urandom(4).hex()
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "headers",
+        "host",
+        "minor",
+        "keep_alive",
+        "upgrade",
+        "request_id",
+        "start",
+        "route",
+        "body",
+        "content_length",
+        "body_bytes",
+        "req_done",
+        "pending",
+        "upstream",
+        "resp_status",
+        "resp_framing",
+        "resp_bytes",
+        "resp_done",
+        "accept",
+        "expect_continue",
+        "retried",
+        "te",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.headers: Headers = []
+        self.host = b""
+        self.minor = 1
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.request_id = b""
+        self.start = 0.0
+        self.route: Route | None = None
+        self.body = "none"
+        self.content_length = -1
+        self.body_bytes = 0
+        self.req_done = False
+        self.pending: list[bytes] | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.resp_status = 0
+        self.resp_framing = ""
+        self.resp_bytes = 0
+        self.resp_done = False
+        self.accept: bytes | None = None
+        self.expect_continue = False
+        self.retried = False
+        self.te: bytes | None = None
+
+
+class ClientConnection(asyncio.Protocol):
+    """One connection from a browser or IDE client."""
+
+    __slots__ = (
+        "gw",
+        "transport",
+        "parser",
+        "peer",
+        "trusted",
+        "reading",
+        "current",
+        "queue",
+        "url_parts",
+        "head_bytes",
+        "paused",
+        "closing",
+        "deadline",
+        "tunnel",
+        "cursor",
+        "early",
+        "write_paused",
+        "header_error",
+        "in_body",
+    )
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.trusted = False
+        self.reading: Exchange | None = None  # the request the parser is filling
+        self.current: Exchange | None = None  # the request being answered
+        self.queue: deque[Exchange] = deque()
+        self.url_parts: list[bytes] = []
+        self.head_bytes = 0
+        self.paused = 0
+        self.closing = False
+        self.deadline = 0.0
+        self.tunnel: UpstreamConnection | None = None
+        self.cursor: FrameCursor | None = None  # frames client -> upstream, once tunnelled
+        self.early = b""
+        self.write_paused = False
+        self.header_error: BadRequest | None = None
+        self.in_body = False
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        gw = self.gw
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "unknown"
+        self.trusted = self.peer in gw.trusted
+        gw.connections.add(self)
+        gw.metrics.open_connections += 1
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            gw.metrics.tls_handshakes["resumed" if sslobj.session_reused else "full"] += 1
+        if len(gw.connections) > gw.config.limits.max_connections or gw.draining:
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
+        self.deadline = gw.now + gw.config.limits.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gw = self.gw
+        if self in gw.connections:
+            gw.connections.discard(self)
+            gw.metrics.open_connections -= 1
+        self.closing = True
+        up = self.tunnel
+        if up is not None:
+            self.tunnel = None
+            gw.metrics.open_websockets -= 1
+            up.close()
+        ex = self.current
+        if ex is not None and ex.upstream is not None:
+            # The response is unfinished; that upstream connection is not reusable.
+            ex.upstream.close()
+        self.current = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.tunnel or (self.current.upstream if self.current else None)
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.tunnel or (self.current.upstream if self.current else None)
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            up = self.tunnel
+            self.cursor.feed(data)  # type: ignore[union-attr]
+            self.deadline = self.gw.now + self.gw.config.proxy.idle_timeout
+            if up.transport is not None:
+                up.transport.write(data)
+            return
+        if self.closing:
+            return
+        if not self.in_body:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_data(data[e.args[0] :])
+        except httptools.HttpParserCallbackError as e:
+            err = self.header_error
+            if err is None:
+                log.error("request handling failed", exc_info=e.__context__)
+                err = BadRequest(500, "The gateway could not handle this request.")
+            self._fail_request(err.status, err.message)
+        except httptools.HttpParserError as e:
+            err = self.header_error or BadRequest(400, f"malformed request: {e}")
+            self._fail_request(err.status, err.message)
+        else:
+            if self.head_bytes > self.gw.config.limits.max_header_bytes and self.reading is not None:
+                self._fail_request(431, "request header too large")
+
+    # --- llhttp callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        ex = Exchange()
+        ex.start = time.monotonic()
+        self.reading = ex
+        self.url_parts = []
+        if self.current is None:
+            self.deadline = self.gw.now + self.gw.config.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url_parts.append(url)
+        if sum(map(len, self.url_parts)) > self.gw.config.limits.max_url_length:
+            self.header_error = BadRequest(414, "request URL too long")
+            raise self.header_error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.reading
+        assert ex is not None
+        ex.headers.append((name, value))
+        if len(ex.headers) > self.gw.config.limits.max_headers:
+            self.header_error = BadRequest(431, "too many request headers")
+            raise self.header_error
+
+    def on_headers_complete(self) -> None:
+        ex = self.reading
+        assert ex is not None
+        p = self.parser
+        ex.method = p.get_method()
+        ex.target = b"".join(self.url_parts)
+        ex.minor = p.get_http_version() == "1.0" and 0 or 1
+        ex.keep_alive = p.should_keep_alive()
+        self.head_bytes = 0
+        self.in_body = True
+        try:
+            self._read_head(ex, p.should_upgrade())
+        except BadRequest as e:
+            self.header_error = e
+            raise
+        if self.current is None:
+            self._dispatch(ex)
+        else:
+            self.queue.append(ex)
+            ex.pending = []
+            self._pause(_PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.reading
+        assert ex is not None
+        ex.body_bytes += len(body)
+        self.deadline = self.gw.now + self.gw.config.proxy.idle_timeout
+        limit = self.gw.config.limits.max_body_bytes
+        if limit and ex.body_bytes > limit:
+            self.header_error = BadRequest(413, "request body too large")
+            raise self.header_error
+        if ex.body == "chunked":
+            self._send_body(ex, http1.chunk(body))
+        else:
+            self._send_body(ex, [body])
+
+    def on_message_complete(self) -> None:
+        ex = self.reading
+        assert ex is not None
+        self.reading = None
+        self.in_body = False
+        ex.req_done = True
+        if ex.upgrade is not None:
+            return
+        if ex is self.current and not ex.resp_status:
+            self.deadline = self.gw.now + self.gw.config.proxy.response_timeout
+        if ex.body == "chunked":
+            self._send_body(ex, [http1.LAST_CHUNK])
+        if ex is self.current and not ex.resp_done:
+            # Anything the client pipelines now waits for this response.
+            self._pause(_PAUSE_PIPELINE)
+        if ex.resp_done and ex is self.current:
+            self._finish(ex)
+
+    # --- request handling --------------------------------------------------------------
+    def _read_head(self, ex: Exchange, upgrade: bool) -> None:
+        """Picks out the headers the proxy acts on and applies the request rules."""
+        host = None
+        for name, value in ex.headers:
+            n = len(name)
+            if n == 4 and name.lower() == b"host":
+                if host is not None:
+                    raise BadRequest(400, "more than one Host header")
+                host = value
+            elif n == 6 and name.lower() == b"accept":
+                ex.accept = value
+            elif n == 14 and name.lower() == b"content-length":
+                ex.content_length = int(value)
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                http1.check_transfer_encoding(value, ex.minor)
+                ex.te = value
+            elif n == 6 and name.lower() == b"expect":
+                if value.strip().lower() != b"100-continue":
+                    raise BadRequest(400, "unsupported Expect")
+                ex.expect_continue = True
+            elif n == 7 and name.lower() == b"upgrade":
+                ex.upgrade = value.strip()
+        if host is None:
+            raise BadRequest(400, "missing Host header")
+        ex.host = host
+        http1.check_target(ex.target, ex.method)
+        if ex.method == b"CONNECT":
+            raise BadRequest(405, "CONNECT is not supported")
+        if ex.te is not None:
+            ex.body = "chunked"
+        elif ex.content_length > 0:
+            ex.body = "length"
+            limit = self.gw.config.limits.max_body_bytes
+            if limit and ex.content_length > limit:
+                raise BadRequest(413, "request body too large")
+        elif ex.content_length == 0:
+            ex.body = "length"
+        if upgrade:
+            if ex.upgrade is None or ex.upgrade.lower() != b"websocket":
+                raise BadRequest(400, "only WebSocket upgrades are supported")
+            if ex.body != "none" and ex.content_length != 0:
+                raise BadRequest(400, "an upgrade request cannot carry a body")
+        else:
+            ex.upgrade = None
+
+    def _dispatch(self, ex: Exchange) -> None:
+        gw = self.gw
+        self.current = ex
+        self.deadline = gw.now + gw.config.proxy.idle_timeout
+        if ex.request_id == b"":
+            ex.request_id = self._request_id(ex)
+        route = gw.router.match(ex.host)
+        if isinstance(route, int):
+            msg = {
+                404: "There is nothing at this address.",
+                421: "This server does not serve that host name.",
+                400: "The Host header is not a valid host name.",
+            }[route]
+            self._respond_error(ex, route, msg)
+            return
+        ex.route = route
+        if gw.draining and route.kind != MAIN:
+            self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
+            return
+        up = gw.pool.take(route.upstream)
+        if up is not None:
+            self._attach(ex, up)
+        else:
+            if ex.pending is None:
+                ex.pending = []
+            self._pause(_PAUSE_CONNECT)
+            gw.spawn(self._connect(ex, route.upstream))
+
+    def _request_id(self, ex: Exchange) -> bytes:
+        if self.trusted:
+            for name, value in ex.headers:
+                if len(name) == 12 and name.lower() == http1.REQUEST_ID and http1.is_valid_request_id(value):
+                    return value
+        gw = self.gw
+        gw.request_counter += 1
+        return b"%s-%x" % (gw.request_prefix, gw.request_counter)
+
+    async def _connect(self, ex: Exchange, target: Upstream) -> None:
+        gw = self.gw
+        try:
+            up = await gw.pool.connect(target)
+        except (TimeoutError, asyncio.TimeoutError):
+            gw.metrics.upstream_errors["connect_timeout"] += 1
+            self.upstream_failed(ex, 504, "The workspace did not accept the connection in time.")
+            return
+        except OSError as e:
+            gw.metrics.upstream_errors["connect_refused" if e.errno == errno.ECONNREFUSED else "connect_error"] += 1
+            self.upstream_failed(ex, 502, _refused_message(ex))
+            return
+        if self.current is not ex or self.closing:
+            gw.pool.release(up)
+            return
+        self._resume(_PAUSE_CONNECT)
+        self._attach(ex, up)
+
+    def _attach(self, ex: Exchange, up: UpstreamConnection) -> None:
+        ex.upstream = up
+        up.bind(self, ex)
+        route = ex.route
+        assert route is not None
+        target = ex.target
+        if route.upstream.base_path:
+            target = route.upstream.base_path.encode() + target
+        host = ex.host if route.kind != "rule" else route.upstream.authority.encode()
+        head = http1.request_head(
+            ex.method,
+            target,
+            ex.headers,
+            host=host,
+            client_ip=self.peer,
+            trusted=self.trusted,
+            request_id=ex.request_id,
+            body=ex.body,
+            upgrade=ex.upgrade,
+            drop=self.gw.drop_headers,
+        )
+        up.send(head)
+        if ex.expect_continue and not ex.req_done and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if ex.pending:
+            for piece in ex.pending:
+                up.send(piece)
+        ex.pending = None
+        if ex.upgrade is not None and self.early:
+            up.send(self.early)
+            self.early = b""
+        if self.write_paused and up.transport is not None:
+            up.transport.pause_reading()
+
+    def _send_body(self, ex: Exchange, pieces: list[bytes]) -> None:
+        up = ex.upstream
+        if up is None or ex.pending is not None:
+            if ex.pending is None:
+                ex.pending = []
+            ex.pending.extend(pieces)
+            return
+        up.send_many(pieces)
+
+    def _upgrade_data(self, rest: bytes) -> None:
+        # Bytes a client sends after its upgrade request wait for the 101.
+        self.early += rest
+        self._pause(_PAUSE_CONNECT)
+
+    # --- responses --------------------------------------------------------------------
+    def response_head(self, ex: Exchange, head: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(head)
+
+    def response_body(self, pieces: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(pieces)
+
+    def response_done(self, ex: Exchange, reusable: bool) -> None:
+        """The upstream finished its response; the connection goes back or closes."""
+        up = ex.upstream
+        ex.upstream = None
+        ex.resp_done = True
+        if up is not None:
+            up.unbind()
+            if reusable and ex.req_done:
+                self.gw.pool.release(up)
+            else:
+                up.close()
+        if ex.req_done:
+            self._finish(ex)
+        else:
+            # The upstream answered before the body finished: the rest cannot be framed.
+            self._log(ex)
+            self._close()
+
+    def start_tunnel(self, ex: Exchange, up: UpstreamConnection, rest: bytes) -> None:
+        gw = self.gw
+        ex.upstream = None
+        ex.resp_done = True
+        self._log(ex)
+        self.current = None
+        self.tunnel = up
+        self.cursor = FrameCursor()
+        up.tunnel_to(self)
+        gw.metrics.open_websockets += 1
+        gw.metrics.websockets_total += 1
+        self.deadline = gw.now + gw.config.proxy.idle_timeout
+        if rest and self.transport is not None:
+            up.cursor.feed(rest)  # type: ignore[union-attr]
+            self.transport.write(rest)
+        if self.early:
+            self.cursor.feed(self.early)
+            up.send(self.early)
+            self.early = b""
+        self.paused = 0
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _finish(self, ex: Exchange) -> None:
+        self._log(ex)
+        self.current = None
+        if not ex.keep_alive or self.closing or self.gw.draining or ex.upgrade is not None:
+            self._close()
+            return
+        self.deadline = self.gw.now + self.gw.config.limits.keepalive_timeout
+        if self.queue:
+            nxt = self.queue.popleft()
+            self._dispatch(nxt)
+            if not self.queue:
+                self._resume(_PAUSE_PIPELINE)
+        else:
+            self._resume(_PAUSE_PIPELINE)
+
+    def _log(self, ex: Exchange) -> None:
+        gw = self.gw
+        kind = ex.route.kind if ex.route is not None else "none"
+        duration = time.monotonic() - ex.start
+        gw.metrics.observe(kind, ex.resp_status, duration)
+        if gw.access_log.enabled:
+            gw.access_log.record(
+                ex.request_id.decode("ascii", "replace"),
+                self.peer,
+                ex.method.decode("ascii", "replace"),
+                ex.host.decode("ascii", "replace"),
+                ex.target.decode("ascii", "replace")[:2048],
+                ex.resp_status,
+                ex.body_bytes,
+                ex.resp_bytes,
+                duration,
+                kind,
+            )
+
+    def _respond_error(self, ex: Exchange, status: int, message: str, *, close: bool | None = None) -> None:
+        """Answers from the gateway itself; the connection closes unless the request is complete."""
+        if close is None:
+            close = not ex.keep_alive or not (ex.req_done or ex.body == "none")
+        ex.resp_status = status
+        data = http1.error_response(
+            status,
+            message,
+            request_id=ex.request_id or self._request_id(ex),
+            accept=ex.accept,
+            close=close,
+            head_only=ex.method == b"HEAD",
+        )
+        ex.resp_bytes = len(data)
+        ex.resp_done = True
+        if self.transport is not None:
+            self.transport.write(data)
+        if close:
+            self._log(ex)
+            self.current = None
+            self._close()
+        else:
+            self._finish(ex)
+
+    def upstream_failed(self, ex: Exchange, status: int, message: str) -> None:
+        if self.current is not ex or self.closing:
+            return
+        self._resume(_PAUSE_CONNECT)
+        ex.pending = None
+        if ex.resp_status:
+            # Part of the response is already out: the only honest signal left is to cut it.
+            self._log(ex)
+            self._abort()
+            return
+        self._respond_error(ex, status, message)
+
+    def upstream_lost(self, ex: Exchange, reused: bool) -> None:
+        """The upstream closed before finishing; retry once on a fresh connection if safe."""
+        ex.upstream = None
+        if (
+            reused
+            and not ex.resp_status
+            and not ex.retried
+            and ex.body == "none"
+            and ex.upgrade is None
+            and self.current is ex
+            and ex.route is not None
+        ):
+            ex.retried = True
+            ex.pending = []
+            self._pause(_PAUSE_CONNECT)
+            self.gw.spawn(self._connect(ex, ex.route.upstream))
+            return
+        self.gw.metrics.upstream_errors["upstream_closed"] += 1
+        self.upstream_failed(ex, 502, "The workspace closed the connection before answering.")
+
+    def _fail_request(self, status: int, message: str) -> None:
+        """A request that cannot be parsed or accepted: answer if possible, then close."""
+        self.header_error = None
+        ex = self.reading or Exchange()
+        self.reading = None
+        if self.current is not None and self.current is not ex:
+            # A response is in flight; a broken pipelined request just ends the connection afterwards.
+            self.closing = True
+            self.current.keep_alive = False
+            return
+        if ex.start == 0.0:
+            ex.start = time.monotonic()
+        self.current = ex
+        if ex.upstream is not None:
+            ex.upstream.close()
+            ex.upstream = None
+        if ex.resp_status:
+            self._log(ex)
+            self._abort()
+            return
+        self._respond_error(ex, status, message, close=True)
+
+    # --- flow control and closing --------------------------------------------------------
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self.paused:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def upstream_pause(self) -> None:
+        self._pause(_PAUSE_UPSTREAM)
+
+    def upstream_resume(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def expire(self, now: float) -> None:
+        """Called by the sweeper when `deadline` has passed."""
+        ex = self.current
+        if self.tunnel is not None:
+            self.close_websocket(GOING_AWAY, "idle timeout")
+            return
+        if ex is not None and ex.req_done and not ex.resp_status and ex.upstream is not None and ex.upstream.waiting:
+            self.gw.metrics.upstream_errors["response_timeout"] += 1
+            up = ex.upstream
+            ex.upstream = None
+            up.close()
+            self._respond_error(ex, 504, "The workspace did not answer in time.", close=True)
+            return
+        if ex is None and self.reading is not None:
+            self._fail_request(408, "request header timeout")
+            return
+        self._abort() if ex is not None else self._close()
+
+    def close_websocket(self, code: int, reason: str) -> None:
+        """Ends a tunnelled WebSocket with a close frame to each side where a frame boundary allows."""
+        up = self.tunnel
+        if up is None:
+            self._close()
+            return
+        if self.transport is not None and up.cursor is not None and up.cursor.at_boundary:
+            self.transport.write(close_frame(code, reason, masked=False))
+        if up.transport is not None and self.cursor is not None and self.cursor.at_boundary:
+            up.transport.write(close_frame(code, reason, masked=True))
+        self.gw.loop.call_later(1.0, self._abort)
+        # Stop relaying: nothing may follow a close frame.
+        self.tunnel = None
+        self.gw.metrics.open_websockets -= 1
+        up.close()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Shutdown: idle connections close now, busy ones after their response."""
+        if self.tunnel is not None:
+            self.close_websocket(GOING_AWAY, "gateway shutting down")
+        elif self.current is None:
+            self._close()
+
+
+def _refused_message(ex: Exchange) -> str:
+    route = ex.route
+    if route is not None and route.port:
+        return f"Nothing is listening on port {route.port} of this workspace."
+    return "The upstream refused the connection."
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One pooled HTTP/1.1 connection to an upstream."""
+
+    __slots__ = (
+        "pool",
+        "key",
+        "transport",
+        "parser",
+        "client",
+        "ex",
+        "headers",
+        "reason",
+        "waiting",
+        "reused",
+        "idle_since",
+        "closed",
+        "tunnel",
+        "cursor",
+        "chunked_out",
+        "head_only",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: Upstream) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.ex: Exchange | None = None
+        self.headers: Headers = []
+        self.reason = b""
+        self.waiting = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.closed = False
+        self.tunnel: ClientConnection | None = None
+        self.cursor: FrameCursor | None = None
+        self.chunked_out = False
+        self.head_only = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.tunnel is not None:
+            client = self.tunnel
+            self.tunnel = None
+            if client.tunnel is self:
+                client.tunnel = None
+                client.gw.metrics.open_websockets -= 1
+                client._close()
+            return
+        client, ex = self.client, self.ex
+        self.client = self.ex = None
+        if client is None or ex is None:
+            return
+        if ex.resp_status and ex.resp_framing == "close":
+            # A close-delimited body ends here, cleanly.
+            client.response_body([http1.LAST_CHUNK] if self.chunked_out else [])
+            client.response_done(ex, reusable=False)
+            return
+        client.upstream_lost(ex, self.reused)
+
+    def pause_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.upstream_pause()
+
+    def resume_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.upstream_resume()
+
+    def bind(self, client: ClientConnection, ex: Exchange) -> None:
+        self.client = client
+        self.ex = ex
+        self.headers = []
+        self.reason = b""
+        self.waiting = True
+        self.head_only = ex.method == b"HEAD"
+        cfg = client.gw.config.proxy
+        client.deadline = client.gw.now + (cfg.response_timeout if ex.req_done else cfg.idle_timeout)
+
+    def unbind(self) -> None:
+        self.client = None
+        self.ex = None
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_many(self, pieces: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(pieces)
+
+    def close(self) -> None:
+        self.client = None
+        self.ex = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.pool.forget(self)
+
+    def tunnel_to(self, client: ClientConnection) -> None:
+        self.tunnel = client
+        self.cursor = FrameCursor()
+        self.client = None
+        self.ex = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            client = self.tunnel
+            self.cursor.feed(data)  # type: ignore[union-attr]
+            client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
+            if client.transport is not None:
+                client.transport.write(data)
+            return
+        if self.client is None:
+            # Bytes nobody asked for: this connection cannot be trusted for the next request.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0] :])
+        except httptools.HttpParserError:
+            self._bad_response()
+
+    # --- llhttp callbacks ------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if len(self.headers) > 200:
+            raise ValueError("too many response headers")
+
+    def on_headers_complete(self) -> None:
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            # Interim responses (100, 103) are not relayed; the gateway answered Expect itself.
+            self.headers = []
+            self.reason = b""
+            return
+        if status == 101:
+            if ex.upgrade is None:
+                raise ValueError("101 for a request that did not ask to upgrade")
+            return  # the tunnel starts in _upgraded
+        self.waiting = False
+        ex.resp_status = status
+        has_length = False
+        chunked = False
+        for name, value in self.headers:
+            n = len(name)
+            if n == 14 and name.lower() == b"content-length":
+                has_length = True
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if self.head_only or status in (204, 304) or 100 <= status < 200:
+            framing = "none"
+        elif chunked:
+            framing = "chunked"
+        elif has_length:
+            framing = "length"
+        else:
+            framing = "close"
+        ex.resp_framing = framing
+        out_framing = framing
+        close = not ex.keep_alive or client.gw.draining or ex.upgrade is not None
+        if framing in ("chunked", "close"):
+            # HTTP/1.0 clients cannot read chunked bodies: the close marks the end for them.
+            if ex.minor == 1:
+                out_framing = "chunked"
+            else:
+                out_framing = "close"
+                close = True
+        if ex.upgrade is not None:
+            # The upstream refused the upgrade: pass its answer on, then no tunnel.
+            close = True
+        self.chunked_out = out_framing == "chunked"
+        head = http1.response_head(
+            status,
+            self.reason,
+            self.headers,
+            framing=out_framing,
+            close=close,
+            drop_cookie=client.gw.cookie_prefix,
+        )
+        if close:
+            ex.keep_alive = False
+        ex.resp_bytes += len(head)
+        client.response_head(ex, head)
+        client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
+        if self.head_only:
+            # llhttp cannot be told that a HEAD response has no body, so this connection ends here.
+            client.response_done(ex, reusable=False)
+
+    def on_body(self, body: bytes) -> None:
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
+            return
+        ex.resp_bytes += len(body)
+        client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
+        client.response_body(http1.chunk(body) if self.chunked_out else [body])
+
+    def on_message_complete(self) -> None:
+        client, ex = self.client, self.ex
+        if client is None or ex is None or not ex.resp_status:
+            return
+        if self.chunked_out:
+            client.response_body([http1.LAST_CHUNK])
+        keep = self.parser.should_keep_alive() and not self.closed
+        client.response_done(ex, reusable=keep)
+
+    # --- failures and upgrades -------------------------------------------------------
+    def _upgraded(self, rest: bytes) -> None:
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
+            self.close()
+            return
+        if self.parser.get_status_code() != 101:
+            # The upstream announced an upgrade without switching; treat as a bad answer.
+            self._bad_response()
+            return
+        head = http1.response_head(101, self.reason, self.headers, framing="none", close=False, upgrade=True,
+                                   drop_cookie=client.gw.cookie_prefix)
+        ex.resp_status = 101
+        ex.resp_bytes += len(head)
+        self.waiting = False
+        client.response_head(ex, head)
+        self.tunnel = client
+        self.cursor = FrameCursor()
+        self.client = None
+        self.ex = None
+        client.start_tunnel(ex, self, rest)
+
+    def _bad_response(self) -> None:
+        client, ex = self.client, self.ex
+        self.close()
+        if client is not None and ex is not None:
+            client.gw.metrics.upstream_errors["bad_response"] += 1
+            client.upstream_failed(ex, 502, "The workspace sent a response the gateway cannot pass on.")
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream, and new ones when none is idle."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        connect_timeout: float,
+        size: int,
+        idle_timeout: float,
+        internal: Callable[[], Any] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self.internal = internal
+        self._idle: dict[Upstream, list[UpstreamConnection]] = {}
+        self._tls = ssl.create_default_context()
+        self._tls.set_alpn_protocols(["http/1.1"])
+
+    def take(self, key: Upstream) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed or self.size == 0:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.size:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def connect(self, key: Upstream) -> UpstreamConnection:
+        loop = self.loop
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, key)
+
+        if key.scheme == "internal":
+            assert self.internal is not None
+            a, b = socket.socketpair()
+            await loop.connect_accepted_socket(self.internal, a)
+            _, proto = await loop.create_unix_connection(factory, sock=b)
+            return proto
+        tls = self._tls if key.scheme == "https" else None
+        async with asyncio.timeout(self.connect_timeout):
+            _, proto = await loop.create_connection(
+                factory, key.host, key.port, ssl=tls, server_hostname=key.host if tls else None
+            )
+        return proto
+
+    def sweep(self, now: float) -> None:
+        for idle in self._idle.values():
+            stale = [c for c in idle if now - c.idle_since > self.idle_timeout]
+            for conn in stale:
+                conn.close()
+
+    def close_all(self) -> None:
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.close()
+        self._idle.clear()

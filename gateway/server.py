@@ -1,0 +1,252 @@
+"""Starting and stopping the gateway: sockets, TLS, workers, signals, metrics.
+
+The TLS context is built and the sockets are bound before workers fork, so
+every worker shares one session-ticket key (resumption works whichever worker
+a client lands on) and one listening socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from certs.tls import CertPair, TLSManager, local_ca_manager
+from gateway.config import Config, ConfigError, load_config
+from gateway.logs import event, setup_logging
+from gateway.metrics import merge, render
+from gateway.worker import Gateway
+
+log = logging.getLogger("wsgate.server")
+
+
+def build_tls(config: Config) -> TLSManager:
+    if config.tls.certificates:
+        base = Path(config.source).parent if config.source.endswith(".toml") else Path.cwd()
+        pairs = [CertPair(base / c.cert, base / c.key) for c in config.tls.certificates]
+        return TLSManager(pairs, session_tickets=config.tls.session_tickets)
+    return local_ca_manager(config.state_path, config.domain)
+
+
+def bind(address: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.create_server((address, port), family=family, backlog=backlog, reuse_port=False)
+    sock.setblocking(False)
+    return sock
+
+
+def _metrics_app(snapshot: Any) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=render(snapshot()), content_type="text/plain", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _start_metrics(config: Config, snapshot: Any) -> web.AppRunner | None:
+    if not config.metrics.port:
+        return None
+    runner = web.AppRunner(_metrics_app(snapshot), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.metrics.address, config.metrics.port).start()
+    return runner
+
+
+def announce(config: Config, sock: socket.socket, tls: TLSManager) -> None:
+    port = sock.getsockname()[1]
+    authority = config.domain if port == 443 else f"{config.domain}:{port}"
+    fields: dict[str, Any] = {
+        "url": f"https://{authority}/",
+        "workspaces": f"https://<port>-<workspace>.ws.{authority}/",
+        "listen": f"{config.listen.address}:{port}",
+        "workers": config.worker_count,
+        "config": config.source,
+        "certificates": tls.describe(),
+    }
+    if not config.tls.certificates:
+        fields["ca_certificate"] = str((config.state_path / "ca" / "ca.pem").resolve())
+    event(log, logging.INFO, "wsgate is serving", **fields)
+
+
+async def run_worker(
+    config: Config,
+    tls: TLSManager,
+    sock: socket.socket,
+    redirect_sock: socket.socket | None,
+    *,
+    index: int = 0,
+    report_fd: int | None = None,
+    serve_metrics: bool = True,
+) -> None:
+    """Serves until SIGTERM/SIGINT; SIGHUP re-reads the config file and the certificates."""
+    gw = Gateway(config, tls, index=index)
+    await gw.start(sock, redirect_sock)
+    loop = asyncio.get_running_loop()
+    metrics_runner = await _start_metrics(config, gw.metrics.snapshot) if serve_metrics else None
+
+    def reload() -> None:
+        async def go() -> None:
+            if config.source != "<embedded defaults>":
+                try:
+                    gw.apply_config(load_config(config.source))
+                except ConfigError as e:
+                    event(log, logging.ERROR, "config reload refused; keeping the running config", error=str(e))
+                    return
+            await gw.reload_certificates(only_if_changed=False)
+            event(log, logging.INFO, "configuration reloaded", worker=index)
+
+        gw.spawn(go())
+
+    loop.add_signal_handler(signal.SIGTERM, lambda: gw.spawn(gw.drain()))
+    loop.add_signal_handler(signal.SIGINT, lambda: gw.spawn(gw.drain()))
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    reporter = None
+    if report_fd is not None:
+        reporter = asyncio.create_task(_report(gw, report_fd))
+    await gw.wait_closed()
+    if reporter is not None:
+        reporter.cancel()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+
+
+async def _report(gw: Gateway, fd: int) -> None:
+    """Sends this worker's metrics to the supervisor once a second."""
+    os.set_blocking(fd, False)
+    while True:
+        await asyncio.sleep(1.0)
+        line = (json.dumps(gw.metrics.snapshot()) + "\n").encode()
+        try:
+            os.write(fd, line)
+        except (BlockingIOError, BrokenPipeError):
+            pass
+
+
+def serve(config: Config) -> int:
+    setup_logging(config.log.level, config.log.format)
+    tls = build_tls(config)
+    sock = bind(config.listen.address, config.listen.port, config.listen.backlog)
+    redirect_sock = (
+        bind(config.listen.address, config.listen.http_redirect_port, config.listen.backlog)
+        if config.listen.http_redirect_port
+        else None
+    )
+    announce(config, sock, tls)
+    if config.worker_count == 1:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_worker(config, tls, sock, redirect_sock))
+        return 0
+    return Supervisor(config, tls, sock, redirect_sock).run()
+
+
+class Supervisor:
+    """Forks the workers, restarts one that dies, relays signals, serves summed metrics."""
+
+    def __init__(self, config: Config, tls: TLSManager, sock: socket.socket, redirect_sock: socket.socket | None) -> None:
+        self.config = config
+        self.tls = tls
+        self.sock = sock
+        self.redirect_sock = redirect_sock
+        self.workers: dict[int, int] = {}  # pid -> index
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self.stopping = False
+
+    def _fork(self, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            code = 0
+            try:
+                # Leave the supervisor's loop behind: the worker starts a fresh one.
+                asyncio.events._set_running_loop(None)
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(
+                        run_worker(self.config, self.tls, self.sock, self.redirect_sock, index=index,
+                                   report_fd=write_fd, serve_metrics=False)
+                    )
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        self.workers[pid] = index
+        asyncio.get_running_loop().create_task(self._collect(read_fd, index))
+
+    async def _collect(self, fd: int, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
+        try:
+            while line := await reader.readline():
+                self.snapshots[index] = json.loads(line)
+        finally:
+            transport.close()
+
+    def _snapshot(self) -> dict[str, Any]:
+        return merge(list(self.snapshots.values()))
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.config.worker_count):
+            self._fork(i)
+        metrics_runner = await _start_metrics(self.config, self._snapshot)
+        done = asyncio.Event()
+
+        def relay(sig: int) -> None:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+            for pid in list(self.workers):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+        def reap() -> None:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                index = self.workers.pop(pid, None)
+                if index is None:
+                    continue
+                self.snapshots.pop(index, None)
+                if self.stopping:
+                    continue
+                event(log, logging.ERROR, "worker exited; starting a new one", worker=index,
+                      status=os.waitstatus_to_exitcode(status))
+                self._fork(index)
+            if self.stopping and not self.workers:
+                done.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, relay, sig)
+        loop.add_signal_handler(signal.SIGCHLD, reap)
+        await done.wait()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+
+    def run(self) -> int:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._main())
+        return 0

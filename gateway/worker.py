@@ -1,0 +1,188 @@
+"""One gateway worker: the listener, its connections, the pools and the main-domain app.
+
+Several workers can share one listening socket (forked by gateway.server);
+each is a complete gateway with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from certs.tls import CertificateError, TLSManager
+from gateway.config import Config
+from gateway.http1 import TrustedProxies
+from gateway.logs import AccessLog, event
+from gateway.metrics import Metrics
+from gateway.proxy import ClientConnection, UpstreamPool
+from routing.table import RouteTable, Upstream
+
+log = logging.getLogger("wsgate.worker")
+
+# The prefix every gateway cookie carries; upstreams may never set or clear one.
+COOKIE_PREFIX = b"__host-wsgate"
+
+
+def build_router(config: Config) -> RouteTable:
+    table = RouteTable(config.domain)
+    fill_router(table, config)
+    return table
+
+
+def fill_router(table: RouteTable, config: Config) -> None:
+    for r in config.routes:
+        table.set_host(r.host, Upstream.from_url(r.upstream))
+    for w in config.workspaces:
+        table.set_workspace_port(w.id, w.port, Upstream.from_address(w.upstream), ide=w.ide)
+
+
+class Gateway:
+    """Everything one worker needs to serve; ClientConnection reads it on every request."""
+
+    def __init__(self, config: Config, tls: TLSManager, *, index: int = 0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.config = config
+        self.tls = tls
+        self.index = index
+        self.router = build_router(config)
+        self.trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self.metrics = Metrics()
+        self.access_log = AccessLog(config.log.access_log, config.log.format)
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.now = self.loop.time()
+        self.request_prefix = os.urandom(4).hex().encode()
+        self.request_counter = 0
+        # The gateway's own credentials, removed before any request is forwarded.
+        self.drop_headers: frozenset[bytes] = frozenset()
+        self.cookie_prefix = COOKIE_PREFIX
+        self.pool = UpstreamPool(
+            self.loop,
+            connect_timeout=config.proxy.connect_timeout,
+            size=config.proxy.pool_size,
+            idle_timeout=config.proxy.pool_idle_timeout,
+            internal=self._internal_protocol,
+        )
+        self.server: asyncio.AbstractServer | None = None
+        self.redirect_runner: web.AppRunner | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._next_cert_check = 0.0
+
+    # --- life cycle ----------------------------------------------------------------
+    async def start(self, sock: socket.socket, redirect_sock: socket.socket | None = None) -> None:
+        from gateway.app import build_app, build_redirect_app
+
+        self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self.server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            sock=sock,
+            ssl=self.tls.context,
+            ssl_handshake_timeout=self.config.limits.header_timeout,
+            backlog=self.config.listen.backlog,
+        )
+        if redirect_sock is not None:
+            self.redirect_runner = web.AppRunner(build_redirect_app(self), access_log=None, handle_signals=False)
+            await self.redirect_runner.setup()
+            await web.SockSite(self.redirect_runner, redirect_sock).start()
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    def _internal_protocol(self) -> Any:
+        assert self._runner is not None and self._runner.server is not None
+        return self._runner.server()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_loop(self) -> None:
+        """Coarse clock, timeouts, idle pool connections, access-log batches, certificate renewals."""
+        lim = self.config.limits
+        tick = max(0.05, min(0.5, lim.header_timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = self.now = self.loop.time()
+            expired = [c for c in self.connections if c.deadline and c.deadline < now]
+            for conn in expired:
+                try:
+                    conn.expire(now)
+                except Exception:  # one broken connection must not stop the sweeper
+                    log.exception("timeout handling failed")
+            self.pool.sweep(now)
+            self.access_log.flush()
+            interval = self.config.tls.reload_interval
+            if interval and now >= self._next_cert_check:
+                self._next_cert_check = now + interval
+                await self.reload_certificates(only_if_changed=True)
+
+    async def reload_certificates(self, *, only_if_changed: bool) -> None:
+        try:
+            changed = await asyncio.to_thread(self.tls.files_changed)
+            if only_if_changed and not changed:
+                return
+            await asyncio.to_thread(self.tls.reload)
+        except CertificateError as e:
+            event(log, logging.ERROR, "certificate reload failed; still serving the previous certificates", error=str(e))
+        else:
+            event(log, logging.INFO, "certificates reloaded", certificates=self.tls.describe())
+
+    def apply_config(self, config: Config) -> None:
+        """SIGHUP: routes, limits, timeouts and logging change in place; listeners stay."""
+        if (config.listen, config.domain, config.state_dir, config.workers) != (
+            self.config.listen,
+            self.config.domain,
+            self.config.state_dir,
+            self.config.workers,
+        ):
+            event(log, logging.WARNING, "listen, domain, state_dir and workers change only on restart")
+        self.config = config
+        table = self.router
+        table.clear()
+        fill_router(table, config)
+        self.trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self.access_log.enabled = config.log.access_log
+        self.pool.connect_timeout = config.proxy.connect_timeout
+        self.pool.size = config.proxy.pool_size
+        self.pool.idle_timeout = config.proxy.pool_idle_timeout
+
+    async def drain(self) -> None:
+        """SIGTERM: stop accepting, let requests finish within the grace period, close WebSockets with 1001."""
+        if self.draining:
+            return
+        self.draining = True
+        event(log, logging.INFO, "draining", connections=len(self.connections), worker=self.index)
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + self.config.limits.shutdown_grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close_all()
+        if self.redirect_runner is not None:
+            await self.redirect_runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.access_log.flush()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
