@@ -6,8 +6,9 @@ session-ticket keys (OpenSSL encrypts and decrypts tickets with the keys of the
 context a connection *started* on, even after the SNI callback switched it to
 another certificate's context).  Certificates are swapped by replacing an
 immutable lookup table that the SNI callback reads; the base context itself is
-never mutated after construction, because OpenSSL does not allow changing a
-context's certificate while another thread may be creating connections from it.
+never mutated after construction, because changing a context's certificate is
+not thread-safe against the event loop creating connections from it, and
+reload() may well run in a worker thread.
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ class TLSManager:
 
     def _load_all(self) -> _State:
         now = self._now()
+        if now.tzinfo is None:  # certificates are in UTC; a naive clock is taken as UTC
+            now = now.replace(tzinfo=UTC)
         return _State.build([self._load_pair(pair, now) for pair in self._pairs])
 
     def _load_pair(self, pair: CertPair, now: datetime) -> _Loaded:

@@ -153,7 +153,8 @@ class _ServerThread:
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     async def _start(self, ctx: ssl.SSLContext) -> asyncio.Server:
-        return await self.loop.create_server(lambda: _Echo(self.live), "127.0.0.1", 0, ssl=ctx)
+        server = await self.loop.create_server(lambda: _Echo(self.live), "127.0.0.1", 0, ssl=ctx)
+        return cast(asyncio.Server, server)
 
     async def _stop(self) -> None:
         self.server.close()
