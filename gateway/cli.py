@@ -20,7 +20,9 @@ Run `wsgate serve` with no config for the embedded defaults (a local CA under
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsgate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wsgate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM. "
@@ -80,11 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_check(path: str) -> int:
-    from gateway.server import build_tls
+    from gateway.server import build_tls, check_coverage
 
     cfg = load_config(path)
     if cfg.tls.certificates:
-        build_tls(cfg)
+        check_coverage(cfg, build_tls(cfg))
     print(f"{path}: OK")
     print(f"  domain: {cfg.domain} (workspaces at *.{cfg.workspace_suffix})")
     print(f"  listen: {cfg.listen.address}:{cfg.listen.port}, workers: {cfg.worker_count}")

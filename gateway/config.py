@@ -160,7 +160,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    cfg = _build(Config, data, source, "")
+    cfg: Config = _build(Config, data, source, "")
     cfg = dataclasses.replace(cfg, source=source)
     _check_semantics(cfg, source)
     return cfg
@@ -282,7 +282,8 @@ def _check_port(source: str, key: str, value: int, allow_zero: bool) -> None:
 
 def _check_semantics(cfg: Config, source: str) -> None:
     if not _is_hostname(cfg.domain) or cfg.domain != cfg.domain.lower() or "." not in cfg.domain:
-        raise _fail(source, "domain", "a lower-case DNS name with at least two labels, such as 'example.com'", cfg.domain)
+        expected = "a lower-case DNS name with at least two labels, such as 'example.com'"
+        raise _fail(source, "domain", expected, cfg.domain)
     if not cfg.state_dir:
         raise _fail(source, "state_dir", "a directory path", cfg.state_dir)
     if not 0 <= cfg.workers <= 64:

@@ -119,6 +119,7 @@ def request_head(
     headers: Headers,
     *,
     host: bytes,
+    client_host: bytes,
     client_ip: str,
     trusted: bool,
     request_id: bytes,
@@ -127,6 +128,9 @@ def request_head(
     drop: frozenset[bytes] = frozenset(),
 ) -> bytes:
     """The request head sent upstream.
+
+    `host` is what the upstream sees as Host; `client_host` is the Host the
+    client asked for, which X-Forwarded-Host and Forwarded report.
 
     `body` is "none", "length" (a single validated Content-Length is among
     `headers`) or "chunked" (the gateway re-chunks the decoded body). `drop`
@@ -157,7 +161,7 @@ def request_head(
             continue
         out += (name, b": ", value, b"\r\n")
     ip = client_ip.encode()
-    orig_host = host
+    orig_host = client_host
     out += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n")
     out += (b"X-Forwarded-Proto: ", xfp or b"https", b"\r\n")
     out += (b"X-Forwarded-Host: ", xfh or orig_host, b"\r\n")

@@ -16,13 +16,13 @@ BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 class Metrics:
     __slots__ = (
-        "requests",
         "latency_counts",
         "latency_sum",
-        "upstream_errors",
-        "tls_handshakes",
         "open_connections",
         "open_websockets",
+        "requests",
+        "tls_handshakes",
+        "upstream_errors",
         "websockets_total",
     )
 

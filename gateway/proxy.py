@@ -48,30 +48,30 @@ class Exchange:
     """One request and its response."""
 
     __slots__ = (
-        "method",
-        "target",
+        "accept",
+        "body",
+        "body_bytes",
+        "content_length",
+        "expect_continue",
         "headers",
         "host",
-        "minor",
         "keep_alive",
-        "upgrade",
-        "request_id",
-        "start",
-        "route",
-        "body",
-        "content_length",
-        "body_bytes",
-        "req_done",
+        "method",
+        "minor",
         "pending",
-        "upstream",
-        "resp_status",
-        "resp_framing",
+        "req_done",
+        "request_id",
         "resp_bytes",
         "resp_done",
-        "accept",
-        "expect_continue",
+        "resp_framing",
+        "resp_status",
         "retried",
+        "route",
+        "start",
+        "target",
         "te",
+        "upgrade",
+        "upstream",
     )
 
     def __init__(self) -> None:
@@ -105,25 +105,26 @@ class ClientConnection(asyncio.Protocol):
     """One connection from a browser or IDE client."""
 
     __slots__ = (
-        "gw",
-        "transport",
-        "parser",
-        "peer",
-        "trusted",
-        "reading",
-        "current",
-        "queue",
-        "url_parts",
-        "head_bytes",
-        "paused",
         "closing",
-        "deadline",
-        "tunnel",
+        "current",
         "cursor",
+        "deadline",
         "early",
-        "write_paused",
+        "gw",
+        "head_bytes",
         "header_error",
         "in_body",
+        "out",
+        "parser",
+        "paused",
+        "peer",
+        "queue",
+        "reading",
+        "transport",
+        "trusted",
+        "tunnel",
+        "url_parts",
+        "write_paused",
     )
 
     def __init__(self, gw: Gateway) -> None:
@@ -146,6 +147,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.header_error: BadRequest | None = None
         self.in_body = False
+        # While set, writes to the client are collected and sent as one TLS record.
+        self.out: list[bytes] | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -253,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
         p = self.parser
         ex.method = p.get_method()
         ex.target = b"".join(self.url_parts)
-        ex.minor = p.get_http_version() == "1.0" and 0 or 1
+        ex.minor = (p.get_http_version() == "1.0" and 0) or 1
         ex.keep_alive = p.should_keep_alive()
         self.head_bytes = 0
         self.in_body = True
@@ -388,7 +391,7 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         try:
             up = await gw.pool.connect(target)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             gw.metrics.upstream_errors["connect_timeout"] += 1
             self.upstream_failed(ex, 504, "The workspace did not accept the connection in time.")
             return
@@ -416,6 +419,7 @@ class ClientConnection(asyncio.Protocol):
             target,
             ex.headers,
             host=host,
+            client_host=ex.host,
             client_ip=self.peer,
             trusted=self.trusted,
             request_id=ex.request_id,
@@ -424,8 +428,8 @@ class ClientConnection(asyncio.Protocol):
             drop=self.gw.drop_headers,
         )
         up.send(head)
-        if ex.expect_continue and not ex.req_done and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if ex.expect_continue and not ex.req_done:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if ex.pending:
             for piece in ex.pending:
                 up.send(piece)
@@ -451,12 +455,34 @@ class ClientConnection(asyncio.Protocol):
         self._pause(_PAUSE_CONNECT)
 
     # --- responses --------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def begin_batch(self) -> None:
+        self.out = []
+
+    def end_batch(self) -> None:
+        out = self.out
+        self.out = None
+        if out and self.transport is not None:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif sum(map(len, out)) <= 65536:
+                # One record and one syscall instead of one per piece.
+                self.transport.write(b"".join(out))
+            else:
+                self.transport.writelines(out)
+
     def response_head(self, ex: Exchange, head: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(head)
+        self._write(head)
 
     def response_body(self, pieces: list[bytes]) -> None:
-        if self.transport is not None:
+        if self.out is not None:
+            self.out.extend(pieces)
+        elif self.transport is not None:
             self.transport.writelines(pieces)
 
     def response_done(self, ex: Exchange, reusable: bool) -> None:
@@ -489,9 +515,9 @@ class ClientConnection(asyncio.Protocol):
         gw.metrics.open_websockets += 1
         gw.metrics.websockets_total += 1
         self.deadline = gw.now + gw.config.proxy.idle_timeout
-        if rest and self.transport is not None:
+        if rest:
             up.cursor.feed(rest)  # type: ignore[union-attr]
-            self.transport.write(rest)
+            self._write(rest)
         if self.early:
             self.cursor.feed(self.early)
             up.send(self.early)
@@ -549,8 +575,7 @@ class ClientConnection(asyncio.Protocol):
         )
         ex.resp_bytes = len(data)
         ex.resp_done = True
-        if self.transport is not None:
-            self.transport.write(data)
+        self._write(data)
         if close:
             self._log(ex)
             self.current = None
@@ -633,11 +658,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closing = True
+        if self.out:
+            self.end_batch()
         if self.transport is not None:
             self.transport.close()
 
     def _abort(self) -> None:
         self.closing = True
+        self.out = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -697,22 +725,22 @@ class UpstreamConnection(asyncio.Protocol):
     """One pooled HTTP/1.1 connection to an upstream."""
 
     __slots__ = (
-        "pool",
-        "key",
-        "transport",
-        "parser",
-        "client",
-        "ex",
-        "headers",
-        "reason",
-        "waiting",
-        "reused",
-        "idle_since",
-        "closed",
-        "tunnel",
-        "cursor",
         "chunked_out",
+        "client",
+        "closed",
+        "cursor",
+        "ex",
         "head_only",
+        "headers",
+        "idle_since",
+        "key",
+        "parser",
+        "pool",
+        "reason",
+        "reused",
+        "transport",
+        "tunnel",
+        "waiting",
     )
 
     def __init__(self, pool: UpstreamPool, key: Upstream) -> None:
@@ -744,12 +772,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         if self.tunnel is not None:
-            client = self.tunnel
+            peer = self.tunnel
             self.tunnel = None
-            if client.tunnel is self:
-                client.tunnel = None
-                client.gw.metrics.open_websockets -= 1
-                client._close()
+            if peer.tunnel is self:
+                peer.tunnel = None
+                peer.gw.metrics.open_websockets -= 1
+                peer._close()
             return
         client, ex = self.client, self.ex
         self.client = self.ex = None
@@ -809,23 +837,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = None
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            client = self.tunnel
+        tunnel = self.tunnel
+        if tunnel is not None:
             self.cursor.feed(data)  # type: ignore[union-attr]
-            client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
-            if client.transport is not None:
-                client.transport.write(data)
+            tunnel.deadline = tunnel.gw.now + tunnel.gw.config.proxy.idle_timeout
+            if tunnel.transport is not None:
+                tunnel.transport.write(data)
             return
-        if self.client is None:
+        client = self.client
+        if client is None:
             # Bytes nobody asked for: this connection cannot be trusted for the next request.
             self.close()
             return
+        client.begin_batch()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgraded(data[e.args[0] :])
         except httptools.HttpParserError:
             self._bad_response()
+        finally:
+            client.end_batch()
 
     # --- llhttp callbacks ------------------------------------------------------------
     def on_status(self, reason: bytes) -> None:

@@ -8,6 +8,7 @@ a client lands on) and one listening socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,16 @@ def build_tls(config: Config) -> TLSManager:
         pairs = [CertPair(base / c.cert, base / c.key) for c in config.tls.certificates]
         return TLSManager(pairs, session_tickets=config.tls.session_tickets)
     return local_ca_manager(config.state_path, config.domain)
+
+
+def check_coverage(config: Config, tls: TLSManager) -> None:
+    """A routed host that no certificate covers would fail every browser's handshake."""
+    for i, route in enumerate(config.routes):
+        if not tls.covers(route.host.lower().rstrip(".")):
+            raise ConfigError(
+                f"{config.source}: key 'routes[{i}].host': no certificate covers {route.host!r}; "
+                "add one under [[tls.certificates]] or use a host under the gateway's domain"
+            )
 
 
 def bind(address: str, port: int, backlog: int) -> socket.socket:
@@ -127,15 +138,14 @@ async def _report(gw: Gateway, fd: int) -> None:
     while True:
         await asyncio.sleep(1.0)
         line = (json.dumps(gw.metrics.snapshot()) + "\n").encode()
-        try:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
             os.write(fd, line)
-        except (BlockingIOError, BrokenPipeError):
-            pass
 
 
 def serve(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     tls = build_tls(config)
+    check_coverage(config, tls)
     sock = bind(config.listen.address, config.listen.port, config.listen.backlog)
     redirect_sock = (
         bind(config.listen.address, config.listen.http_redirect_port, config.listen.backlog)
@@ -153,7 +163,9 @@ def serve(config: Config) -> int:
 class Supervisor:
     """Forks the workers, restarts one that dies, relays signals, serves summed metrics."""
 
-    def __init__(self, config: Config, tls: TLSManager, sock: socket.socket, redirect_sock: socket.socket | None) -> None:
+    def __init__(
+        self, config: Config, tls: TLSManager, sock: socket.socket, redirect_sock: socket.socket | None
+    ) -> None:
         self.config = config
         self.tls = tls
         self.sock = sock
@@ -214,10 +226,8 @@ class Supervisor:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self.stopping = True
             for pid in list(self.workers):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
 
         def reap() -> None:
             while True:

@@ -132,7 +132,8 @@ class Gateway:
                 return
             await asyncio.to_thread(self.tls.reload)
         except CertificateError as e:
-            event(log, logging.ERROR, "certificate reload failed; still serving the previous certificates", error=str(e))
+            msg = "certificate reload failed; still serving the previous certificates"
+            event(log, logging.ERROR, msg, error=str(e))
         else:
             event(log, logging.INFO, "certificates reloaded", certificates=self.tls.describe())
 

@@ -18,7 +18,7 @@ POLICY_VIOLATION = 1008
 class FrameCursor:
     """Follows frame headers through a stream without copying payloads."""
 
-    __slots__ = ("need", "hdr")
+    __slots__ = ("hdr", "need")
 
     def __init__(self) -> None:
         self.need = 0  # payload bytes left in the current frame

@@ -68,7 +68,7 @@ def normalise_host(raw: str) -> str | None:
     host = raw.strip().lower()
     if not host or host.startswith("["):
         # IPv6 literals are never one of our names.
-        return None if not host else host
+        return host if host else None
     name, sep, port = host.partition(":")
     if sep and (not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536):
         return None

@@ -1,0 +1,282 @@
+"""Test support: a real gateway process, real TLS clients, real upstream servers.
+
+Everything listens on free loopback ports and is stopped by the fixture that
+started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOMAIN = "wsgate.localhost"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+class Gateway:
+    """A `wsgate serve` subprocess with its own state dir and config."""
+
+    def __init__(self, tmp: Path, toml: str = "", *, workers: int = 1, env: dict[str, str] | None = None) -> None:
+        self.dir = tmp
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.config = tmp / "wsgate.toml"
+        base = f"""
+            state_dir = "{tmp / 'state'}"
+            workers = {workers}
+            [listen]
+            port = {self.port}
+            [metrics]
+            port = {self.metrics_port}
+        """
+        self.config.write_text(textwrap.dedent(base) + textwrap.dedent(toml))
+        self.ca = tmp / "state" / "ca" / "ca.pem"
+        self.log_path = tmp / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = env or {}
+
+    def start(self) -> Gateway:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                status, _, _ = self.request(DOMAIN, "GET", "/readyz", timeout=1)
+                if status == 200:
+                    return self
+            except (OSError, ssl.SSLError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"gateway did not become ready:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    # --- clients ----------------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        return ctx
+
+    def tls_socket(self, host: str, timeout: float = 10.0, ctx: ssl.SSLContext | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return (ctx or self.ssl_context()).wrap_socket(raw, server_hostname=host)
+
+    def connection(self, host: str, timeout: float = 10.0) -> http.client.HTTPSConnection:
+        gw = self
+
+        class Conn(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                self.sock = gw.tls_socket(host, timeout)
+
+        return Conn(host, self.port, timeout=timeout, context=self.ssl_context())
+
+    def request(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = self.connection(host, timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
+
+    def raw(self, host: str, data: bytes, timeout: float = 5.0) -> bytes:
+        """Sends raw bytes over TLS and returns everything until the server closes (or times out)."""
+        with self.tls_socket(host, timeout) as s:
+            s.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    chunks.append(b)
+            except (TimeoutError, ssl.SSLError, ConnectionResetError):
+                pass
+            return b"".join(chunks)
+
+    def url(self, host: str, path: str = "/") -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    def metrics(self) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+
+
+def ws_host(port: int, workspace: str = "abc") -> str:
+    return f"{port}-{workspace}.ws.{DOMAIN}"
+
+
+# --- upstreams ----------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    data: bytes = b""
+    connections: int = 0
+
+
+@dataclass
+class RawUpstream:
+    """A plain TCP upstream in a thread that records every byte and answers with `reply`.
+
+    `reply(buffer)` gets everything received on a connection so far and returns
+    bytes to send (or None to wait for more).
+    """
+
+    reply: Callable[[bytes], bytes | None] = field(
+        default=lambda buf: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if b"\r\n\r\n" in buf else None
+    )
+    port: int = 0
+    received: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        index = len(self.received)
+        self.received.append(b"")
+        buf = b""
+        conn.settimeout(5)
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                self.received[index] = buf
+                out = self.reply(buf)
+                if out is not None:
+                    conn.sendall(out)
+                    buf = b""
+
+    @property
+    def all_bytes(self) -> bytes:
+        return b"".join(self.received)
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+
+class AiohttpUpstream:
+    """An aiohttp app in a background thread (echo, streaming, WebSocket handlers)."""
+
+    def __init__(self, app_factory: Callable[[], Any]) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._factory = app_factory
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("upstream did not start")
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self._factory())
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._runner = runner
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
