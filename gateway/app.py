@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from routing.table import normalise_host
+
 if TYPE_CHECKING:
     from gateway.worker import Gateway
 
@@ -79,8 +81,11 @@ def build_redirect_app(gw: Gateway) -> web.Application:
     """Plain HTTP answers only with a redirect to HTTPS on a host the gateway serves."""
 
     async def redirect(request: web.Request) -> web.Response:
-        route = gw.router.match(request.headers.get("Host", "").encode("latin-1", "replace"))
-        host = gw.config.domain if isinstance(route, int) else route.host
+        # Redirect to the same host only when it is one of ours by shape, so that the
+        # answer reveals nothing about which workspaces exist.
+        host = normalise_host(request.headers.get("Host", "")) or ""
+        if not gw.router.is_gateway_host(host):
+            host = gw.config.domain
         port = gw.config.listen.port
         authority = host if port == 443 else f"{host}:{port}"
         raise web.HTTPPermanentRedirect(f"https://{authority}{request.rel_url}")

@@ -251,8 +251,11 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, relay, sig)
-        loop.add_signal_handler(signal.SIGCHLD, reap)
-        await done.wait()
+        # uvloop keeps SIGCHLD for itself, so dead workers are found by polling.
+        while not done.is_set():
+            reap()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.2)
         if metrics_runner is not None:
             await metrics_runner.cleanup()
 

@@ -61,7 +61,11 @@ class Gateway:
             [metrics]
             port = {self.metrics_port}
         """
-        self.config.write_text(textwrap.dedent(base) + textwrap.dedent(toml))
+        # Top-level keys of `toml` must come before the base config's tables.
+        extra = textwrap.dedent(toml).strip("\n").splitlines()
+        split = next((i for i, line in enumerate(extra) if line.lstrip().startswith("[")), len(extra))
+        top, tables = "\n".join(extra[:split]), "\n".join(extra[split:])
+        self.config.write_text(top + "\n" + textwrap.dedent(base) + "\n" + tables + "\n")
         self.ca = tmp / "state" / "ca" / "ca.pem"
         self.log_path = tmp / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -72,7 +72,9 @@ def test_unknown_hosts_never_get_another_tenants_content(gw: Gateway) -> None:
         assert b"path" not in body
 
 
-def test_admin_style_route_forwards_with_base_path_and_upstream_host(gw: Gateway, echo_upstream: AiohttpUpstream) -> None:
+def test_admin_style_route_forwards_with_base_path_and_upstream_host(
+    gw: Gateway, echo_upstream: AiohttpUpstream
+) -> None:
     status, _, body = gw.request("app.wsgate.localhost", "GET", "/x?y=1", headers={"Host": "app.wsgate.localhost"})
     assert status == 200
     echoed = json.loads(body)
@@ -83,7 +85,7 @@ def test_admin_style_route_forwards_with_base_path_and_upstream_host(gw: Gateway
 
 
 def test_main_domain_health_endpoints(gw: Gateway) -> None:
-    status, headers, body = gw.request(DOMAIN, "GET", "/healthz")
+    status, _headers, body = gw.request(DOMAIN, "GET", "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, _, body = gw.request(DOMAIN, "GET", "/readyz")
     assert status == 200 and json.loads(body)["status"] == "ready"
@@ -159,7 +161,7 @@ def test_server_sent_events_arrive_as_written(gw: Gateway) -> None:
             while b"data: event" in buf:
                 i = buf.index(b"data: event")
                 j = buf.index(b"\n\n", i)
-                seen.append((time.monotonic() - start, buf[i : j]))
+                seen.append((time.monotonic() - start, buf[i:j]))
                 buf = buf[j + 2 :]
     assert [e for _, e in seen] == [b"data: event 0", b"data: event 1", b"data: event 2"]
     # Each event arrives when written, not all at the end.
@@ -178,7 +180,7 @@ def test_keep_alive_reuses_one_client_connection(gw: Gateway) -> None:
 
 
 def test_request_id_and_access_log(gw: Gateway) -> None:
-    status, _, body = gw.request(ws_host(8080), "GET", "/logged")
+    _status, _, body = gw.request(ws_host(8080), "GET", "/logged")
     rid = {k.lower(): v for k, v in json.loads(body)["headers"]}["x-request-id"]
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
@@ -289,11 +291,13 @@ async def test_websocket_back_pressure_bounds_gateway_memory(gw: Gateway) -> Non
         before = proc.memory_info().rss
         block = os.urandom(1 << 20)
         sent = 0
+
         async def sender() -> None:
             nonlocal sent
             for _ in range(200):
                 await ws.send(block)
                 sent += 1
+
         task = asyncio.create_task(sender())
         await asyncio.sleep(4)
         grown = proc.memory_info().rss - before

@@ -1,0 +1,112 @@
+"""The route table: host shapes, case, ports, trailing dots, and what is never matched."""
+
+from __future__ import annotations
+
+import pytest
+
+from routing.table import (
+    BAD_HOST,
+    MAIN,
+    MISDIRECTED,
+    NOT_FOUND,
+    RULE,
+    WORKSPACE,
+    RouteTable,
+    Upstream,
+    normalise_host,
+    parse_workspace_label,
+)
+
+UP = Upstream.from_address("127.0.0.1:9000")
+IDE = Upstream.from_address("127.0.0.1:9001")
+
+
+@pytest.fixture
+def table() -> RouteTable:
+    t = RouteTable("example.com")
+    t.set_workspace_port("abc", 8080, UP)
+    t.set_workspace_port("abc", 3000, IDE, ide=True)
+    t.set_host("grafana.example.com", Upstream.from_url("http://10.0.0.1:3000/g"))
+    return t
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"8080-abc.ws.example.com",
+        b"8080-ABC.WS.EXAMPLE.COM",
+        b"8080-abc.ws.example.com.",
+        b"8080-abc.ws.example.com:443",
+        b"8080-abc.ws.example.com.:8443",
+    ],
+)
+def test_workspace_port_hosts(table: RouteTable, host: bytes) -> None:
+    route = table.match(host)
+    assert not isinstance(route, int)
+    assert route.kind == WORKSPACE and route.workspace_id == "abc" and route.port == 8080 and route.upstream == UP
+
+
+def test_ide_host_is_the_ide_port(table: RouteTable) -> None:
+    route = table.match(b"abc.ws.example.com")
+    assert not isinstance(route, int) and route.upstream == IDE and route.port == 0
+
+
+def test_main_and_rule_hosts(table: RouteTable) -> None:
+    main = table.match(b"Example.com:443")
+    assert not isinstance(main, int) and main.kind == MAIN
+    rule = table.match(b"grafana.example.com")
+    assert not isinstance(rule, int) and rule.kind == RULE and rule.upstream.base_path == "/g"
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (b"9090-abc.ws.example.com", NOT_FOUND),  # undeclared port
+        (b"8080-zzz.ws.example.com", NOT_FOUND),  # unknown workspace
+        (b"x.8080-abc.ws.example.com", NOT_FOUND),  # nested label
+        (b"08080-abc.ws.example.com", NOT_FOUND),  # leading zero port
+        (b"99999-abc.ws.example.com", NOT_FOUND),
+        (b"ws.example.com", NOT_FOUND),
+        (b"other.example.com", NOT_FOUND),
+        (b"example.com.evil.org", MISDIRECTED),
+        (b"evilexample.com", MISDIRECTED),
+        (b"8080-abc.ws.example.com.evil.org", MISDIRECTED),
+        (b"[::1]:443", MISDIRECTED),
+        (b"127.0.0.1", MISDIRECTED),
+        (b"", BAD_HOST),
+        (b"a b.example.com", BAD_HOST),
+        (b"example.com:abc", BAD_HOST),
+        (b"example.com:99999", BAD_HOST),
+        (b"ex\xffample.com", BAD_HOST),
+        (b"exa/mple.com", BAD_HOST),
+    ],
+)
+def test_hosts_that_never_match(table: RouteTable, host: bytes, status: int) -> None:
+    assert table.match(host) == status
+
+
+def test_changes_drop_the_cache(table: RouteTable) -> None:
+    assert not isinstance(table.match(b"8080-abc.ws.example.com"), int)
+    table.remove_workspace("abc")
+    assert table.match(b"8080-abc.ws.example.com") == NOT_FOUND
+    table.remove_host("grafana.example.com")
+    assert table.match(b"grafana.example.com") == NOT_FOUND
+
+
+def test_helpers() -> None:
+    assert normalise_host("A.Example.COM.:8443") == "a.example.com"
+    assert normalise_host("a.example.com:0") is None
+    assert parse_workspace_label("8080-my-ws") == ("my-ws", 8080)
+    assert parse_workspace_label("my-ws") == ("my-ws", None)
+    assert parse_workspace_label("0-x") is None
+    assert Upstream.from_url("https://h:8443/base/").base_path == "/base"
+    with pytest.raises(ValueError):
+        Upstream.from_url("http://h/no-port")
+
+
+def test_gateway_hosts_for_redirect_checks(table: RouteTable) -> None:
+    assert table.is_gateway_host("example.com")
+    assert table.is_gateway_host("8080-abc.ws.example.com")
+    assert table.is_gateway_host("grafana.example.com")
+    assert not table.is_gateway_host("example.com.evil.org")
+    assert not table.is_gateway_host("a.b.ws.example.com")
