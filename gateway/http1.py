@@ -37,6 +37,10 @@ FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"forwarded", b"x-real-ip"}
 )
 REQUEST_ID: Final = b"x-request-id"
+# Connection tokens that are hop-by-hop already or name no header.
+_CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Request headers the proxy acts on; everything else passes unchanged.
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDING | {REQUEST_ID, b"host", b"content-length"}
 
 REASONS: Final = {
     400: "Bad Request",
@@ -113,6 +117,23 @@ class TrustedProxies:
         return hit
 
 
+def forwarded_block(
+    client_ip: str, client_host: bytes, *, xff: bytes = b"", xfp: bytes = b"", xfh: bytes = b"", fwd: bytes = b""
+) -> bytes:
+    """X-Forwarded-For/-Proto/-Host and Forwarded for one hop, appended to a trusted proxy's values."""
+    ip = client_ip.encode()
+    node = forwarded_for_node(client_ip).encode()
+    mine = b"for=" + node + b";proto=https;host=\"" + client_host.replace(b'"', b"") + b'"'
+    return b"".join(
+        (
+            b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n",
+            b"X-Forwarded-Proto: ", xfp or b"https", b"\r\n",
+            b"X-Forwarded-Host: ", xfh or client_host, b"\r\n",
+            b"Forwarded: ", fwd + b", " + mine if fwd else mine, b"\r\n",
+        )
+    )
+
+
 def request_head(
     method: bytes,
     target: bytes,
@@ -126,6 +147,7 @@ def request_head(
     body: str,
     upgrade: bytes | None,
     drop: frozenset[bytes] = frozenset(),
+    forwarded: bytes | None = None,
 ) -> bytes:
     """The request head sent upstream.
 
@@ -135,15 +157,20 @@ def request_head(
     `body` is "none", "length" (a single validated Content-Length is among
     `headers`) or "chunked" (the gateway re-chunks the decoded body). `drop`
     names extra headers to remove (the gateway's own auth headers).
+    `forwarded` is a cached `forwarded_block(client_ip, client_host)` for
+    untrusted clients, whose forwarding headers depend on nothing else.
     """
-    listed: set[bytes] = set()
+    listed: frozenset[bytes] = frozenset()
     for name, value in headers:
-        if name.lower() == b"connection":
-            listed |= connection_tokens(value)
+        if len(name) == 10 and name.lower() == b"connection":
+            listed = listed | (connection_tokens(value) - _CONNECTION_OPTIONS)
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     xff = xfp = xfh = fwd = b""
     for name, value in headers:
         low = name.lower()
+        if low not in _REQUEST_SPECIAL and not drop and not listed:
+            out += (name, b": ", value, b"\r\n")
+            continue
         if low in HOP_BY_HOP or low in listed or low == b"host" or low in drop:
             continue
         if low == b"content-length" and body != "length":
@@ -160,14 +187,12 @@ def request_head(
                     fwd = value if not fwd else fwd + b", " + value
             continue
         out += (name, b": ", value, b"\r\n")
-    ip = client_ip.encode()
-    orig_host = client_host
-    out += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n")
-    out += (b"X-Forwarded-Proto: ", xfp or b"https", b"\r\n")
-    out += (b"X-Forwarded-Host: ", xfh or orig_host, b"\r\n")
-    node = forwarded_for_node(client_ip).encode()
-    mine = b"for=" + node + b";proto=https;host=\"" + orig_host.replace(b'"', b"") + b'"'
-    out += (b"Forwarded: ", fwd + b", " + mine if fwd else mine, b"\r\n")
+    if trusted:
+        out.append(forwarded_block(client_ip, client_host, xff=xff, xfp=xfp, xfh=xfh, fwd=fwd))
+    elif forwarded is not None:
+        out.append(forwarded)
+    else:
+        out.append(forwarded_block(client_ip, client_host))
     out += (b"X-Request-Id: ", request_id, b"\r\n")
     if body == "chunked":
         out.append(b"Transfer-Encoding: chunked\r\n")
@@ -178,44 +203,112 @@ def request_head(
     return b"".join(out)
 
 
+# Response headers the proxy acts on; everything else passes in one pass.
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"set-cookie"}
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        text = reason if reason and all(32 <= c < 127 or c == 9 for c in reason) else REASONS.get(status, "").encode()
+        line = b"HTTP/1.1 %d %s\r\n" % (status, text or b"Unknown")
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[(status, reason)] = line
+    return line
+
+
 def response_head(
     status: int,
     reason: bytes,
     headers: Headers,
     *,
-    framing: str,
+    no_body: bool,
+    client_minor: int,
     close: bool,
-    upgrade: bool = False,
     drop_cookie: bytes | None = None,
-) -> bytes:
-    """The response head sent to the client.
+) -> tuple[bytes, str, str, bool]:
+    """The response head for the client, in one pass over the upstream's headers.
 
-    `framing` is "length" (upstream's Content-Length kept), "chunked"
-    (re-chunked by the gateway), "none" (no body: 204/304/HEAD keeps its
-    Content-Length) or "close" (delimited by closing the connection).
+    Returns (head, framing of the upstream body, framing toward the client,
+    whether the client connection closes after it). Framings: "length"
+    (Content-Length kept), "chunked", "none" (204/304/HEAD: the upstream's
+    Content-Length is kept, no body follows) or "close" (ends at EOF).
     """
+    out = [_status_line(status, reason)]
+    has_length = chunked = False
+    listed: set[bytes] | None = None
+    length_at = -1
+    for name, value in headers:
+        low = name.lower()
+        if low in _RESPONSE_SPECIAL:
+            if low == b"content-length":
+                has_length = True
+                length_at = len(out)
+            elif low == b"set-cookie":
+                if drop_cookie is not None and _names_cookie(value, drop_cookie):
+                    continue
+            else:
+                if low == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif low == b"connection":
+                    tokens = connection_tokens(value) - _CONNECTION_OPTIONS
+                    if tokens:
+                        listed = tokens if listed is None else listed | tokens
+                continue
+        out += (name, b": ", value, b"\r\n")
+    if listed:
+        # Headers named in Connection are hop-by-hop too (rare: a second pass is fine).
+        return response_head(
+            status,
+            reason,
+            [(n, v) for n, v in headers if n.lower() not in listed],
+            no_body=no_body,
+            client_minor=client_minor,
+            close=close,
+            drop_cookie=drop_cookie,
+        )
+    if no_body or status in (204, 304):
+        framing = "none"
+    elif chunked:
+        framing = "chunked"
+    elif has_length:
+        framing = "length"
+    else:
+        framing = "close"
+    out_framing = framing
+    if framing in ("chunked", "close"):
+        if length_at >= 0:
+            del out[length_at : length_at + 4]
+        # HTTP/1.0 clients cannot read chunked bodies: the close marks the end for them.
+        if client_minor == 1:
+            out_framing = "chunked"
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            out_framing = "close"
+            close = True
+    out.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(out), framing, out_framing, close
+
+
+def upgrade_head(reason: bytes, headers: Headers, *, drop_cookie: bytes | None = None) -> bytes:
+    """The 101 response: the upstream's headers (Sec-WebSocket-* spelled as sent) minus hop-by-hop."""
     listed: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             listed |= connection_tokens(value)
-    out = [b"HTTP/1.1 %d " % status, reason or REASONS.get(status, "Unknown").encode(), b"\r\n"]
+    out = [_status_line(101, reason)]
     for name, value in headers:
         low = name.lower()
-        if low in HOP_BY_HOP or low in listed:
-            if upgrade and low == b"upgrade":
-                out += (name, b": ", value, b"\r\n")
+        if low == b"upgrade":
+            out += (name, b": ", value, b"\r\n")
             continue
-        if low == b"content-length" and framing not in ("length", "none"):
+        if low in HOP_BY_HOP or low in listed or low == b"content-length":
             continue
-        if drop_cookie is not None and low == b"set-cookie" and _names_cookie(value, drop_cookie):
+        if low == b"set-cookie" and drop_cookie is not None and _names_cookie(value, drop_cookie):
             continue
         out += (name, b": ", value, b"\r\n")
-    if upgrade:
-        out.append(b"Connection: Upgrade\r\n\r\n")
-        return b"".join(out)
-    if framing == "chunked":
-        out.append(b"Transfer-Encoding: chunked\r\n")
-    out.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
+    out.append(b"Connection: Upgrade\r\n\r\n")
     return b"".join(out)
 
 

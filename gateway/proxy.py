@@ -110,6 +110,8 @@ class ClientConnection(asyncio.Protocol):
         "cursor",
         "deadline",
         "early",
+        "fwd_block",
+        "fwd_host",
         "gw",
         "head_bytes",
         "header_error",
@@ -149,6 +151,9 @@ class ClientConnection(asyncio.Protocol):
         self.in_body = False
         # While set, writes to the client are collected and sent as one TLS record.
         self.out: list[bytes] | None = None
+        # The forwarding headers for the last Host seen on this connection.
+        self.fwd_host = b""
+        self.fwd_block = b""
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,11 +167,11 @@ class ClientConnection(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             gw.metrics.tls_handshakes["resumed" if sslobj.session_reused else "full"] += 1
-        if len(gw.connections) > gw.config.limits.max_connections or gw.draining:
+        if len(gw.connections) > gw.max_connections or gw.draining:
             transport.abort()
             return
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
-        self.deadline = gw.now + gw.config.limits.header_timeout
+        self.deadline = gw.now + gw.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         gw = self.gw
@@ -202,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             up = self.tunnel
             self.cursor.feed(data)  # type: ignore[union-attr]
-            self.deadline = self.gw.now + self.gw.config.proxy.idle_timeout
+            self.deadline = self.gw.now + self.gw.idle_timeout
             if up.transport is not None:
                 up.transport.write(data)
             return
@@ -224,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
             err = self.header_error or BadRequest(400, f"malformed request: {e}")
             self._fail_request(err.status, err.message)
         else:
-            if self.head_bytes > self.gw.config.limits.max_header_bytes and self.reading is not None:
+            if self.head_bytes > self.gw.max_header_bytes and self.reading is not None:
                 self._fail_request(431, "request header too large")
 
     # --- llhttp callbacks ------------------------------------------------------------
@@ -234,11 +239,12 @@ class ClientConnection(asyncio.Protocol):
         self.reading = ex
         self.url_parts = []
         if self.current is None:
-            self.deadline = self.gw.now + self.gw.config.limits.header_timeout
+            self.deadline = self.gw.now + self.gw.header_timeout
 
     def on_url(self, url: bytes) -> None:
-        self.url_parts.append(url)
-        if sum(map(len, self.url_parts)) > self.gw.config.limits.max_url_length:
+        parts = self.url_parts
+        parts.append(url)
+        if (len(url) if len(parts) == 1 else sum(map(len, parts))) > self.gw.max_url_length:
             self.header_error = BadRequest(414, "request URL too long")
             raise self.header_error
 
@@ -246,7 +252,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.reading
         assert ex is not None
         ex.headers.append((name, value))
-        if len(ex.headers) > self.gw.config.limits.max_headers:
+        if len(ex.headers) > self.gw.max_headers:
             self.header_error = BadRequest(431, "too many request headers")
             raise self.header_error
 
@@ -276,8 +282,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.reading
         assert ex is not None
         ex.body_bytes += len(body)
-        self.deadline = self.gw.now + self.gw.config.proxy.idle_timeout
-        limit = self.gw.config.limits.max_body_bytes
+        self.deadline = self.gw.now + self.gw.idle_timeout
+        limit = self.gw.max_body_bytes
         if limit and ex.body_bytes > limit:
             self.header_error = BadRequest(413, "request body too large")
             raise self.header_error
@@ -295,12 +301,11 @@ class ClientConnection(asyncio.Protocol):
         if ex.upgrade is not None:
             return
         if ex is self.current and not ex.resp_status:
-            self.deadline = self.gw.now + self.gw.config.proxy.response_timeout
+            self.deadline = self.gw.now + self.gw.response_timeout
         if ex.body == "chunked":
             self._send_body(ex, [http1.LAST_CHUNK])
-        if ex is self.current and not ex.resp_done:
-            # Anything the client pipelines now waits for this response.
-            self._pause(_PAUSE_PIPELINE)
+        # A request pipelined behind this one pauses reading once its head is complete
+        # (on_headers_complete), so nothing needs pausing here on the common path.
         if ex.resp_done and ex is self.current:
             self._finish(ex)
 
@@ -337,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
             ex.body = "chunked"
         elif ex.content_length > 0:
             ex.body = "length"
-            limit = self.gw.config.limits.max_body_bytes
+            limit = self.gw.max_body_bytes
             if limit and ex.content_length > limit:
                 raise BadRequest(413, "request body too large")
         elif ex.content_length == 0:
@@ -353,7 +358,7 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self, ex: Exchange) -> None:
         gw = self.gw
         self.current = ex
-        self.deadline = gw.now + gw.config.proxy.idle_timeout
+        self.deadline = gw.now + gw.idle_timeout
         if ex.request_id == b"":
             ex.request_id = self._request_id(ex)
         route = gw.router.match(ex.host)
@@ -414,6 +419,9 @@ class ClientConnection(asyncio.Protocol):
         if route.upstream.base_path:
             target = route.upstream.base_path.encode() + target
         host = ex.host if route.kind != "rule" else route.upstream.authority.encode()
+        if not self.trusted and ex.host != self.fwd_host:
+            self.fwd_host = ex.host
+            self.fwd_block = http1.forwarded_block(self.peer, ex.host)
         head = http1.request_head(
             ex.method,
             target,
@@ -426,6 +434,7 @@ class ClientConnection(asyncio.Protocol):
             body=ex.body,
             upgrade=ex.upgrade,
             drop=self.gw.drop_headers,
+            forwarded=None if self.trusted else self.fwd_block,
         )
         up.send(head)
         if ex.expect_continue and not ex.req_done:
@@ -514,7 +523,7 @@ class ClientConnection(asyncio.Protocol):
         up.tunnel_to(self)
         gw.metrics.open_websockets += 1
         gw.metrics.websockets_total += 1
-        self.deadline = gw.now + gw.config.proxy.idle_timeout
+        self.deadline = gw.now + gw.idle_timeout
         if rest:
             up.cursor.feed(rest)  # type: ignore[union-attr]
             self._write(rest)
@@ -532,13 +541,13 @@ class ClientConnection(asyncio.Protocol):
         if not ex.keep_alive or self.closing or self.gw.draining or ex.upgrade is not None:
             self._close()
             return
-        self.deadline = self.gw.now + self.gw.config.limits.keepalive_timeout
+        self.deadline = self.gw.now + self.gw.keepalive_timeout
         if self.queue:
             nxt = self.queue.popleft()
             self._dispatch(nxt)
             if not self.queue:
                 self._resume(_PAUSE_PIPELINE)
-        else:
+        elif self.paused:
             self._resume(_PAUSE_PIPELINE)
 
     def _log(self, ex: Exchange) -> None:
@@ -807,8 +816,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.waiting = True
         self.head_only = ex.method == b"HEAD"
-        cfg = client.gw.config.proxy
-        client.deadline = client.gw.now + (cfg.response_timeout if ex.req_done else cfg.idle_timeout)
+        gw = client.gw
+        client.deadline = gw.now + (gw.response_timeout if ex.req_done else gw.idle_timeout)
 
     def unbind(self) -> None:
         self.client = None
@@ -840,7 +849,7 @@ class UpstreamConnection(asyncio.Protocol):
         tunnel = self.tunnel
         if tunnel is not None:
             self.cursor.feed(data)  # type: ignore[union-attr]
-            tunnel.deadline = tunnel.gw.now + tunnel.gw.config.proxy.idle_timeout
+            tunnel.deadline = tunnel.gw.now + tunnel.gw.idle_timeout
             if tunnel.transport is not None:
                 tunnel.transport.write(data)
             return
@@ -884,49 +893,24 @@ class UpstreamConnection(asyncio.Protocol):
             return  # the tunnel starts in _upgraded
         self.waiting = False
         ex.resp_status = status
-        has_length = False
-        chunked = False
-        for name, value in self.headers:
-            n = len(name)
-            if n == 14 and name.lower() == b"content-length":
-                has_length = True
-            elif n == 17 and name.lower() == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-        if self.head_only or status in (204, 304) or 100 <= status < 200:
-            framing = "none"
-        elif chunked:
-            framing = "chunked"
-        elif has_length:
-            framing = "length"
-        else:
-            framing = "close"
-        ex.resp_framing = framing
-        out_framing = framing
-        close = not ex.keep_alive or client.gw.draining or ex.upgrade is not None
-        if framing in ("chunked", "close"):
-            # HTTP/1.0 clients cannot read chunked bodies: the close marks the end for them.
-            if ex.minor == 1:
-                out_framing = "chunked"
-            else:
-                out_framing = "close"
-                close = True
-        if ex.upgrade is not None:
-            # The upstream refused the upgrade: pass its answer on, then no tunnel.
-            close = True
-        self.chunked_out = out_framing == "chunked"
-        head = http1.response_head(
+        gw = client.gw
+        close = not ex.keep_alive or gw.draining or ex.upgrade is not None
+        head, framing, out_framing, close = http1.response_head(
             status,
             self.reason,
             self.headers,
-            framing=out_framing,
+            no_body=self.head_only,
+            client_minor=ex.minor,
             close=close,
-            drop_cookie=client.gw.cookie_prefix,
+            drop_cookie=gw.cookie_prefix,
         )
+        ex.resp_framing = framing
+        self.chunked_out = out_framing == "chunked"
         if close:
             ex.keep_alive = False
         ex.resp_bytes += len(head)
-        client.response_head(ex, head)
-        client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
+        client._write(head)
+        client.deadline = gw.now + gw.idle_timeout
         if self.head_only:
             # llhttp cannot be told that a HEAD response has no body, so this connection ends here.
             client.response_done(ex, reusable=False)
@@ -936,8 +920,12 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or ex is None:
             return
         ex.resp_bytes += len(body)
-        client.deadline = client.gw.now + client.gw.config.proxy.idle_timeout
-        client.response_body(http1.chunk(body) if self.chunked_out else [body])
+        client.deadline = client.gw.now + client.gw.idle_timeout
+        out = client.out
+        if out is not None and not self.chunked_out:
+            out.append(body)
+        else:
+            client.response_body(http1.chunk(body) if self.chunked_out else [body])
 
     def on_message_complete(self) -> None:
         client, ex = self.client, self.ex
@@ -958,8 +946,7 @@ class UpstreamConnection(asyncio.Protocol):
             # The upstream announced an upgrade without switching; treat as a bad answer.
             self._bad_response()
             return
-        head = http1.response_head(101, self.reason, self.headers, framing="none", close=False, upgrade=True,
-                                   drop_cookie=client.gw.cookie_prefix)
+        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=client.gw.cookie_prefix)
         ex.resp_status = 101
         ex.resp_bytes += len(head)
         self.waiting = False

@@ -69,6 +69,7 @@ class Gateway:
             idle_timeout=config.proxy.pool_idle_timeout,
             internal=self._internal_protocol,
         )
+        self._settings(config)
         self.server: asyncio.AbstractServer | None = None
         self.redirect_runner: web.AppRunner | None = None
         self._runner: web.AppRunner | None = None
@@ -76,6 +77,19 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._next_cert_check = 0.0
+
+    def _settings(self, config: Config) -> None:
+        """Copies the values the hot path reads on every request into plain attributes."""
+        lim, prx = config.limits, config.proxy
+        self.max_connections = lim.max_connections
+        self.header_timeout = lim.header_timeout
+        self.keepalive_timeout = lim.keepalive_timeout
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_url_length = lim.max_url_length
+        self.max_headers = lim.max_headers
+        self.max_body_bytes = lim.max_body_bytes
+        self.idle_timeout = prx.idle_timeout
+        self.response_timeout = prx.response_timeout
 
     # --- life cycle ----------------------------------------------------------------
     async def start(self, sock: socket.socket, redirect_sock: socket.socket | None = None) -> None:
@@ -147,6 +161,7 @@ class Gateway:
         ):
             event(log, logging.WARNING, "listen, domain, state_dir and workers change only on restart")
         self.config = config
+        self._settings(config)
         table = self.router
         table.clear()
         fill_router(table, config)
