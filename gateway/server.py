@@ -114,6 +114,7 @@ async def run_worker(
                 except ConfigError as e:
                     event(log, logging.ERROR, "config reload refused; keeping the running config", error=str(e))
                     return
+            await gw.renew_local_leaf()
             await gw.reload_certificates(only_if_changed=False)
             event(log, logging.INFO, "configuration reloaded", worker=index)
 

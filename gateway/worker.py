@@ -7,6 +7,7 @@ each is a complete gateway with its own event loop.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from certs.localca import ensure_local_ca
 from certs.tls import CertificateError, TLSManager
 from gateway.config import Config
 from gateway.http1 import TrustedProxies
@@ -77,6 +79,7 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._next_cert_check = 0.0
+        self._next_renewal_check = 0.0
 
     def _settings(self, config: Config) -> None:
         """Copies the values the hot path reads on every request into plain attributes."""
@@ -134,10 +137,27 @@ class Gateway:
                     log.exception("timeout handling failed")
             self.pool.sweep(now)
             self.access_log.flush()
+            if now >= self._next_renewal_check:
+                self._next_renewal_check = now + 3600
+                await self.renew_local_leaf()
             interval = self.config.tls.reload_interval
             if interval and now >= self._next_cert_check:
                 self._next_cert_check = now + interval
                 await self.reload_certificates(only_if_changed=True)
+
+    async def renew_local_leaf(self) -> None:
+        """Re-issues the local CA's leaf when it nears expiry (worker 0 only; the others see the new files)."""
+        if self.config.tls.certificates or self.index != 0:
+            return
+        if self.tls.not_after() - dt.datetime.now(dt.UTC) > dt.timedelta(days=30):
+            return
+        try:
+            await asyncio.to_thread(ensure_local_ca, self.config.state_path, self.config.domain)
+        except CertificateError as e:
+            event(log, logging.ERROR, "local CA leaf renewal failed", error=str(e))
+            return
+        event(log, logging.INFO, "local CA leaf certificate renewed")
+        await self.reload_certificates(only_if_changed=True)
 
     async def reload_certificates(self, *, only_if_changed: bool) -> None:
         try:

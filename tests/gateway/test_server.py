@@ -317,3 +317,49 @@ def test_plain_http_port_redirects_to_https(gateway_factory: Callable[..., Gatew
     conn.request("GET", "/", headers={"Host": "evil.example.org"})
     resp = conn.getresponse()
     assert resp.status == 308 and resp.headers["Location"].startswith(f"https://{DOMAIN}:{gw.port}/")
+
+
+def test_local_ca_leaf_is_renewed_before_it_expires(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory("[tls]\nreload_interval = 0.3\n")
+    ca_dir = gw.ca.parent
+    ca_cert = x509.load_pem_x509_certificate(gw.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    # A leaf from the same CA with only 10 days left, as if the gateway had run for 80 days.
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    names = [DOMAIN, f"*.{DOMAIN}", f"*.ws.{DOMAIN}"]
+    short = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=80))
+        .not_valid_after(now + dt.timedelta(days=10))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = short.public_bytes(serialization.Encoding.PEM) + gw.ca.read_bytes()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (ca_dir / "leaf.key.new").write_bytes(key_pem)
+    (ca_dir / "leaf.pem.new").write_bytes(pem)
+    os.replace(ca_dir / "leaf.key.new", ca_dir / "leaf.key")
+    os.replace(ca_dir / "leaf.pem.new", ca_dir / "leaf.pem")
+    deadline = time.monotonic() + 10
+    while peer_cert(gw, DOMAIN, gw.ca).serial_number != short.serial_number:
+        assert time.monotonic() < deadline, "short leaf not loaded"
+        time.sleep(0.1)
+    gw.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while True:
+        served = peer_cert(gw, DOMAIN, gw.ca)
+        if served.not_valid_after_utc - now > dt.timedelta(days=80):
+            break
+        assert time.monotonic() < deadline, "leaf was not renewed"
+        time.sleep(0.1)
+    # Still the same CA: browsers that trust it keep working.
+    assert served.issuer == ca_cert.subject
+    assert gw.request(DOMAIN, "GET", "/healthz")[0] == 200
