@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.benchmarks import BENCHMARKS, Options
-from bench.report import BenchResult, table
+from bench.report import BenchResult, fmt, table
 from bench.servers import NGINX, REPO, BenchError, stop_all
 from bench.wrk import WRK
 
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in env.items():
         print(f"  {key:13} {value}")
     rundir = Path(tempfile.mkdtemp(prefix="wsgate-bench-"))
+    # nginx workers run as an unprivileged user: they must reach the files and temp dirs inside.
+    rundir.chmod(0o755)
     opts = options(args, rundir)
     print(f"  {'options':13} {'quick' if opts.quick else 'full'}: {opts.rounds} interleaved rounds, "
           f"{opts.duration:g}s per wrk round, {opts.client_duration:g}s per client round, workers {opts.workers}, "
@@ -175,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in res.details:
                 print(f"  {line}")
         for m in res.metrics:
-            rounds = "; ".join(f"{p} " + ", ".join(f"{v:.4g}" for v in vals) for p, vals in m.rounds.items())
+            rounds = "; ".join(f"{p} " + (", ".join(fmt(v) for v in vals) or "-") for p, vals in m.rounds.items())
             print(f"  rounds, {m.name} ({m.unit}): {rounds}")
         if res.error:
             print(f"  ERROR: {res.error}")
     print(f"\ntotal {total:.0f}s; ratios are wsgate/nginx medians of interleaved rounds (order alternates each "
-          "round); latency compares p50 in ms; [max] = worst round")
+          "round); latency compares p50 in ms; [max] = worst round.\n'proxy CPU per ...' is the CPU time of all the "
+          "proxy's processes divided by the work done: less sensitive than rates to the load others put on the "
+          "machine, and the better guide where the client saturates first.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({

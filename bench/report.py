@@ -41,7 +41,7 @@ class Metric:
     @property
     def compared(self) -> float | None:
         n, w = self.value("nginx"), self.value("wsgate")
-        if n is None or w is None:
+        if n is None or w is None or self.check == "abs<":  # nginx's figure is only for reference there
             return None
         if self.check == "diff<=":
             return w - n

@@ -76,7 +76,13 @@ class Proc:
 
     def check_alive(self) -> None:
         if not self.alive():
-            raise BenchError(f"{self.name} exited with status {self.popen.returncode}; last output:\n{self.tail()}")
+            code = self.popen.returncode
+            why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            if code <= 0:
+                # The benchmark only stops its servers at the end: this came from elsewhere on the machine
+                # (a broad `pkill -f ...` by someone else, the OOM killer) or from a crash.
+                why += " while the benchmark still needed it (not stopped by the benchmark)"
+            raise BenchError(f"{self.name} (pid {self.pid}) {why}; last output:\n{self.tail()}")
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -149,12 +155,12 @@ def https_request(port: int, host: str, path: str = "/", *, ca: Path | None = No
             ctx.wrap_socket(raw, server_hostname=host) as s:
         head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
+        version, cipher = s.version(), (s.cipher() or ("",))[0]
+        peer_cert = s.getpeercert(binary_form=True) or b""
         s.sendall(head + body)
         chunks = []
         while data := s.recv(65536):
             chunks.append(data)
-        version, cipher = s.version(), (s.cipher() or ("",))[0]
-        peer_cert = s.getpeercert(binary_form=True) or b""
     raw_resp = b"".join(chunks)
     head_bytes, _, rest = raw_resp.partition(b"\r\n\r\n")
     lines = head_bytes.decode("latin-1").split("\r\n")
@@ -347,7 +353,7 @@ class Stack:
                 if resp.status == 200:
                     return
                 last = f"status {resp.status}"
-            except (OSError, BenchError) as e:
+            except (OSError, ValueError, BenchError) as e:
                 last = str(e)
             time.sleep(0.1)
         raise BenchError(f"wsgate not ready after 30s ({last}); output:\n{proc.tail()}")

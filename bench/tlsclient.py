@@ -67,7 +67,7 @@ def loop(args: argparse.Namespace, ctx: ssl.SSLContext, measure_from: float, end
                     status, body = read_response(s)
                     if status != 200 or body != expect:
                         raise ValueError(f"unexpected response: {status} {body[:80]!r}")
-                    was_reused = s.session_reused
+                    was_reused = bool(s.session_reused)
                     if args.resume:
                         session = s.session
         except (OSError, ssl.SSLError, ValueError) as e:

@@ -21,6 +21,7 @@ import signal
 import ssl
 import sys
 import time
+from typing import cast
 
 import uvloop
 
@@ -63,6 +64,11 @@ def server_frame(payload: bytes) -> bytes:
     return bytes((0x82, 127)) + n.to_bytes(8, "big") + payload
 
 
+def _reject(fut: asyncio.Future[None], exc: Exception) -> None:
+    fut.set_exception(exc)
+    fut.exception()  # whoever waits gets it; nobody waiting is no "never retrieved" warning
+
+
 class WsConn(asyncio.Protocol):
     """One client WebSocket: upgrade, then strictly one message in flight."""
 
@@ -81,9 +87,9 @@ class WsConn(asyncio.Protocol):
         self.open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
@@ -91,9 +97,9 @@ class WsConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError(f"closed during the upgrade: {exc}"))
+            _reject(self.upgraded, ConnectionError(f"closed during the upgrade ({exc or 'EOF'}): {self.buf[:200]!r}"))
         if self.echoed is not None and not self.echoed.done():
-            self.echoed.set_exception(ConnectionError(f"closed while waiting for an echo: {exc}"))
+            _reject(self.echoed, ConnectionError(f"closed while waiting for an echo ({exc or 'EOF'})"))
         if self.looping and self.stats.running:
             self.stats.error(f"connection lost during the run: {exc}")
 
@@ -133,9 +139,9 @@ class WsConn(asyncio.Protocol):
 
     def _fail(self, msg: str) -> None:
         if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError(msg))
+            _reject(self.upgraded, ConnectionError(msg))
         elif self.echoed is not None and not self.echoed.done():
-            self.echoed.set_exception(ConnectionError(msg))
+            _reject(self.echoed, ConnectionError(msg))
         else:
             self.stats.error(msg)
         if self.transport is not None:

@@ -79,7 +79,9 @@ def check_transfer_encoding(value: bytes, http_minor: int) -> None:
     """Only a lone `chunked` is framed unambiguously by every upstream."""
     if http_minor == 0:
         raise BadRequest(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests")
-    if value.strip().lower() != b"chunked":
+    # Exactly what llhttp frames as chunked (it allows trailing spaces, not tabs),
+    # so the proxy and the parser never disagree about where the body ends.
+    if value.rstrip(b" ").lower() != b"chunked":
         raise BadRequest(400, "unsupported Transfer-Encoding (only 'chunked' is accepted)")
 
 
@@ -262,7 +264,7 @@ def response_head(
         return response_head(
             status,
             reason,
-            [(n, v) for n, v in headers if n.lower() not in listed],
+            [(n, v) for n, v in headers if n.lower() not in listed and n.lower() != b"connection"],
             no_body=no_body,
             client_minor=client_minor,
             close=close,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import ssl
 import time
@@ -41,7 +40,7 @@ _PAUSE_CONNECT = 4  # waiting for an upstream connection
 _WRITE_HIGH = 256 * 1024
 _WRITE_LOW = 64 * 1024
 
-_REQUEST_ID_PREFIX = os.urandom(4).hex()
+_MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class Exchange:
@@ -53,6 +52,7 @@ class Exchange:
         "body_bytes",
         "content_length",
         "expect_continue",
+        "head_size",
         "headers",
         "host",
         "keep_alive",
@@ -97,6 +97,7 @@ class Exchange:
         self.resp_done = False
         self.accept: bytes | None = None
         self.expect_continue = False
+        self.head_size = 0
         self.retried = False
         self.te: bytes | None = None
 
@@ -110,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
         "cursor",
         "deadline",
         "early",
+        "failed",
         "fwd_block",
         "fwd_host",
         "gw",
@@ -153,6 +155,8 @@ class ClientConnection(asyncio.Protocol):
         self.out: list[bytes] | None = None
         # The forwarding headers for the last Host seen on this connection.
         self.fwd_host = b""
+        # A malformed request that arrived while an earlier one was still being answered.
+        self.failed: BadRequest | None = None
         self.fwd_block = b""
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -214,6 +218,13 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             return
         if not self.in_body:
+            if self.reading is None and self.head_bytes == 0:
+                # A request line starts here: one space between its three parts, as llhttp does not insist.
+                end = data.find(b"\r\n", 0, self.gw.max_url_length + 64)
+                if end > 0 and b"  " in data[:end]:
+                    self.reading = Exchange()
+                    self._fail_request(400, "malformed request line")
+                    return
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -229,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
             err = self.header_error or BadRequest(400, f"malformed request: {e}")
             self._fail_request(err.status, err.message)
         else:
-            if self.head_bytes > self.gw.max_header_bytes and self.reading is not None:
+            if self.head_bytes > self.gw.max_header_bytes and self.reading is not None and not self.in_body:
                 self._fail_request(431, "request header too large")
 
     # --- llhttp callbacks ------------------------------------------------------------
@@ -244,16 +255,20 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         parts = self.url_parts
         parts.append(url)
-        if (len(url) if len(parts) == 1 else sum(map(len, parts))) > self.gw.max_url_length:
+        size = len(url) if len(parts) == 1 else sum(map(len, parts))
+        if size > self.gw.max_url_length:
             self.header_error = BadRequest(414, "request URL too long")
             raise self.header_error
+        self.reading.head_size = size  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.reading
         assert ex is not None
         ex.headers.append((name, value))
-        if len(ex.headers) > self.gw.max_headers:
-            self.header_error = BadRequest(431, "too many request headers")
+        ex.head_size += len(name) + len(value) + 4
+        gw = self.gw
+        if len(ex.headers) > gw.max_headers or ex.head_size > gw.max_header_bytes:
+            self.header_error = BadRequest(431, "request header too large")
             raise self.header_error
 
     def on_headers_complete(self) -> None:
@@ -262,7 +277,11 @@ class ClientConnection(asyncio.Protocol):
         p = self.parser
         ex.method = p.get_method()
         ex.target = b"".join(self.url_parts)
-        ex.minor = (p.get_http_version() == "1.0" and 0) or 1
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self.header_error = BadRequest(400, "unsupported HTTP version")
+            raise self.header_error
+        ex.minor = 0 if version == "1.0" else 1
         ex.keep_alive = p.should_keep_alive()
         self.head_bytes = 0
         self.in_body = True
@@ -545,8 +564,14 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self._dispatch(nxt)
-            if not self.queue:
+            if not self.queue and self.failed is None:
                 self._resume(_PAUSE_PIPELINE)
+        elif self.failed is not None:
+            err, self.failed = self.failed, None
+            bad = Exchange()
+            bad.start = time.monotonic()
+            self.current = bad
+            self._respond_error(bad, err.status, err.message, close=True)
         elif self.paused:
             self._resume(_PAUSE_PIPELINE)
 
@@ -630,9 +655,12 @@ class ClientConnection(asyncio.Protocol):
         ex = self.reading or Exchange()
         self.reading = None
         if self.current is not None and self.current is not ex:
-            # A response is in flight; a broken pipelined request just ends the connection afterwards.
-            self.closing = True
-            self.current.keep_alive = False
+            # A response is in flight: the requests before this one are answered first,
+            # then this one gets its error and the connection closes.
+            if ex in self.queue:
+                self.queue.remove(ex)
+            self.failed = BadRequest(status, message)
+            self._pause(_PAUSE_PIPELINE)
             return
         if ex.start == 0.0:
             ex.start = time.monotonic()
@@ -739,12 +767,14 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "cursor",
         "ex",
+        "head_bytes",
         "head_only",
         "headers",
         "idle_since",
         "key",
         "parser",
         "pool",
+        "raw_head",
         "reason",
         "reused",
         "transport",
@@ -769,6 +799,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.cursor: FrameCursor | None = None
         self.chunked_out = False
         self.head_only = False
+        self.head_bytes = 0
+        self.raw_head = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
@@ -815,6 +847,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.reason = b""
         self.waiting = True
+        self.head_bytes = self.raw_head = 0
         self.head_only = ex.method == b"HEAD"
         gw = client.gw
         client.deadline = gw.now + (gw.response_timeout if ex.req_done else gw.idle_timeout)
@@ -865,6 +898,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._upgraded(data[e.args[0] :])
         except httptools.HttpParserError:
             self._bad_response()
+        else:
+            if self.waiting:
+                # An upstream may not make the gateway hold an unbounded, unfinished response head.
+                self.raw_head += len(data)
+                if self.raw_head > _MAX_RESPONSE_HEAD:
+                    self._bad_response()
         finally:
             client.end_batch()
 
@@ -874,8 +913,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        if len(self.headers) > 200:
-            raise ValueError("too many response headers")
+        self.head_bytes += len(name) + len(value) + 4
+        if len(self.headers) > 200 or self.head_bytes > _MAX_RESPONSE_HEAD:
+            raise ValueError("response head too large")
 
     def on_headers_complete(self) -> None:
         client, ex = self.client, self.ex

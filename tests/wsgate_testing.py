@@ -241,7 +241,7 @@ class RawUpstream:
                 if not data:
                     return
                 buf += data
-                self.received[index] = buf
+                self.received[index] += data
                 out = self.reply(buf)
                 if out is not None:
                     conn.sendall(out)

@@ -472,6 +472,8 @@ REJECTED: list[tuple[str, bytes, tuple[int, ...]]] = [
     ("te-vtab-chunked", te(b"\x0bchunked"), (400,)),
     ("te-formfeed-chunked", te(b"\x0cchunked"), (400,)),
     ("te-chunked-vtab", te(b"chunked\x0b"), (400,)),
+    # llhttp does not frame a trailing tab as chunked, so the gateway refuses it before forwarding.
+    ("te-chunked-trailing-tab", te(b"chunked\t"), (400,)),
     ("te-empty", te(b""), (400,)),
     ("te-http10", post(b"Transfer-Encoding: chunked", body=CHUNKED_HELLO + SMUGGLED, version=b"HTTP/1.0"), (400,)),
     ("te-http10-alone", post(b"Transfer-Encoding: chunked", body=CHUNKED_HELLO, version=b"HTTP/1.0"), (400,)),
@@ -547,7 +549,6 @@ ACCEPTED: list[tuple[str, bytes, bytes, bytes]] = [
     ("chunked", post(b"Transfer-Encoding: chunked", body=CHUNKED_HELLO), b"POST /", b"hello"),
     ("chunked-mixed-case", post(b"Transfer-Encoding: Chunked", body=CHUNKED_HELLO), b"POST /", b"hello"),
     ("chunked-ows", post(b"Transfer-Encoding:   chunked ", body=CHUNKED_HELLO), b"POST /", b"hello"),
-    ("chunked-trailing-tab", post(b"Transfer-Encoding: chunked\t", body=CHUNKED_HELLO), b"POST /", b"hello"),
     ("content-length-ows", post(b"Content-Length: \t5 ", body=b"hello"), b"POST /", b"hello"),
     ("chunked-upper-hex", post(b"Transfer-Encoding: chunked", body=b"A\r\n0123456789\r\n0\r\n\r\n"), b"POST /",
      b"0123456789"),
