@@ -88,6 +88,11 @@ def announce(config: Config, sock: socket.socket, tls: TLSManager) -> None:
     if not config.tls.certificates:
         fields["ca_certificate"] = str((config.state_path / "ca" / "ca.pem").resolve())
     event(log, logging.INFO, "wsgate is serving", **fields)
+    # The same for a person at a terminal.
+    lines = [f"wsgate is serving {fields['url']}", f"  workspaces: {fields['workspaces']}"]
+    if "ca_certificate" in fields:
+        lines.append(f"  trust this CA in your browser: {fields['ca_certificate']}  (or run: wsgate certs ca)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 async def run_worker(
