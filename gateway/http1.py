@@ -39,6 +39,9 @@ FORWARDING: Final = frozenset(
 REQUEST_ID: Final = b"x-request-id"
 # Connection tokens that are hop-by-hop already or name no header.
 _CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Headers that frame the message: a Connection header naming them must not make them vanish,
+# or the body would be forwarded without its framing.
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # Request headers the proxy acts on; everything else passes unchanged.
 _REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDING | {REQUEST_ID, b"host", b"content-length"}
 
@@ -165,7 +168,7 @@ def request_head(
     listed: frozenset[bytes] = frozenset()
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
-            listed = listed | (connection_tokens(value) - _CONNECTION_OPTIONS)
+            listed = listed | (connection_tokens(value) - _CONNECTION_OPTIONS - _FRAMING)
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     xff = xfp = xfh = fwd = b""
     for name, value in headers:
@@ -254,7 +257,7 @@ def response_head(
                 if low == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
                 elif low == b"connection":
-                    tokens = connection_tokens(value) - _CONNECTION_OPTIONS
+                    tokens = connection_tokens(value) - _CONNECTION_OPTIONS - _FRAMING
                     if tokens:
                         listed = tokens if listed is None else listed | tokens
                 continue
@@ -315,7 +318,12 @@ def upgrade_head(reason: bytes, headers: Headers, *, drop_cookie: bytes | None =
 
 
 def _names_cookie(set_cookie: bytes, prefix: bytes) -> bool:
-    name = set_cookie.split(b"=", 1)[0].strip().lower()
+    pair = set_cookie.split(b";", 1)[0].strip().lower()
+    name, _, rest = pair.partition(b"=")
+    name = name.strip()
+    if not name:
+        # "=a=b" sets a nameless cookie that browsers send back as "a=b".
+        name = rest.strip().partition(b"=")[0].strip()
     return name.startswith(prefix)
 
 

@@ -36,6 +36,13 @@ log = logging.getLogger("wsgate.proxy")
 _PAUSE_UPSTREAM = 1  # upstream's write buffer is full
 _PAUSE_PIPELINE = 2  # a further request arrived before this response ended
 _PAUSE_CONNECT = 4  # waiting for an upstream connection
+_PAUSE_WRITE = 8  # the client is not reading what it is sent
+
+# Methods that may be sent again when a reused upstream connection turns out to be closed.
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+# Requests a client may pipeline behind the one being answered.
+_MAX_PIPELINE = 64
 
 _WRITE_HIGH = 256 * 1024
 _WRITE_LOW = 64 * 1024
@@ -106,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
     """One connection from a browser or IDE client."""
 
     __slots__ = (
+        "advancing",
         "closing",
         "current",
         "cursor",
@@ -157,6 +165,7 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_host = b""
         # A malformed request that arrived while an earlier one was still being answered.
         self.failed: BadRequest | None = None
+        self.advancing = False
         self.fwd_block = b""
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -200,12 +209,19 @@ class ClientConnection(asyncio.Protocol):
         up = self.tunnel or (self.current.upstream if self.current else None)
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
+        if self.tunnel is None:
+            # A client that does not read its answers gets no more of its requests read either.
+            self._pause(_PAUSE_WRITE)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         up = self.tunnel or (self.current.upstream if self.current else None)
         if up is not None and up.transport is not None:
             up.transport.resume_reading()
+        if self.tunnel is None:
+            self._resume(_PAUSE_WRITE)
+            if self.current is None and (self.queue or self.failed is not None) and not self.advancing:
+                self._advance()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -290,9 +306,12 @@ class ClientConnection(asyncio.Protocol):
         except BadRequest as e:
             self.header_error = e
             raise
-        if self.current is None:
+        if self.current is None and not self.write_paused and not self.queue:
             self._dispatch(ex)
         else:
+            if len(self.queue) >= _MAX_PIPELINE:
+                self.header_error = BadRequest(400, "too many pipelined requests")
+                raise self.header_error
             self.queue.append(ex)
             ex.pending = []
             self._pause(_PAUSE_PIPELINE)
@@ -456,15 +475,12 @@ class ClientConnection(asyncio.Protocol):
             forwarded=None if self.trusted else self.fwd_block,
         )
         up.send(head)
-        if ex.expect_continue and not ex.req_done:
+        if ex.expect_continue and not ex.req_done and ex.minor == 1:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if ex.pending:
             for piece in ex.pending:
                 up.send(piece)
         ex.pending = None
-        if ex.upgrade is not None and self.early:
-            up.send(self.early)
-            self.early = b""
         if self.write_paused and up.transport is not None:
             up.transport.pause_reading()
 
@@ -478,9 +494,11 @@ class ClientConnection(asyncio.Protocol):
         up.send_many(pieces)
 
     def _upgrade_data(self, rest: bytes) -> None:
-        # Bytes a client sends after its upgrade request wait for the 101.
+        # Bytes a client sends after its upgrade request wait for the 101 (bounded).
         self.early += rest
         self._pause(_PAUSE_CONNECT)
+        if len(self.early) > _WRITE_HIGH:
+            self._abort()
 
     # --- responses --------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -561,19 +579,30 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self.deadline = self.gw.now + self.gw.keepalive_timeout
-        if self.queue:
-            nxt = self.queue.popleft()
-            self._dispatch(nxt)
-            if not self.queue and self.failed is None:
-                self._resume(_PAUSE_PIPELINE)
-        elif self.failed is not None:
-            err, self.failed = self.failed, None
-            bad = Exchange()
-            bad.start = time.monotonic()
-            self.current = bad
-            self._respond_error(bad, err.status, err.message, close=True)
-        elif self.paused:
-            self._resume(_PAUSE_PIPELINE)
+        if not self.advancing:
+            self._advance()
+
+    def _advance(self) -> None:
+        """Answers queued pipelined requests in order, in a loop rather than by recursion."""
+        self.advancing = True
+        try:
+            while self.current is None and not self.closing:
+                if self.write_paused:
+                    return  # the client is not reading; resume_writing carries on
+                if self.queue:
+                    self._dispatch(self.queue.popleft())
+                elif self.failed is not None:
+                    err, self.failed = self.failed, None
+                    bad = Exchange()
+                    bad.start = time.monotonic()
+                    self.current = bad
+                    self._respond_error(bad, err.status, err.message, close=True)
+                else:
+                    if self.paused & _PAUSE_PIPELINE:
+                        self._resume(_PAUSE_PIPELINE)
+                    return
+        finally:
+            self.advancing = False
 
     def _log(self, ex: Exchange) -> None:
         gw = self.gw
@@ -637,6 +666,7 @@ class ClientConnection(asyncio.Protocol):
             and not ex.resp_status
             and not ex.retried
             and ex.body == "none"
+            and ex.method in _RETRYABLE
             and ex.upgrade is None
             and self.current is ex
             and ex.route is not None
@@ -908,6 +938,11 @@ class UpstreamConnection(asyncio.Protocol):
             client.end_batch()
 
     # --- llhttp callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.client is None:
+            # Bytes after the response that was asked for: never reuse this connection.
+            raise ValueError("unsolicited response")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -924,6 +959,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             # Interim responses (100, 103) are not relayed; the gateway answered Expect itself.
+            # They never have a body: one that claims a body is not a response we can frame.
+            for name, _ in self.headers:
+                if name.lower() in (b"content-length", b"transfer-encoding"):
+                    raise ValueError("interim response with a body")
             self.headers = []
             self.reason = b""
             return
@@ -959,6 +998,8 @@ class UpstreamConnection(asyncio.Protocol):
         client, ex = self.client, self.ex
         if client is None or ex is None:
             return
+        if not ex.resp_status:
+            raise ValueError("body before a final response")
         ex.resp_bytes += len(body)
         client.deadline = client.gw.now + client.gw.idle_timeout
         out = client.out
