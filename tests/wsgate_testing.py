@@ -187,69 +187,66 @@ def ws_host(port: int, workspace: str = "abc") -> str:
 
 
 @dataclass
-class Recorded:
-    data: bytes = b""
-    connections: int = 0
+class Conn:
+    data: bytearray = field(default_factory=bytearray)
+    eof: bool = False
 
 
-@dataclass
-class RawUpstream:
-    """A plain TCP upstream in a thread that records every byte and answers with `reply`.
+class RecordingUpstream:
+    """A raw TCP upstream in threads that keeps every byte of every connection.
 
-    `reply(buffer)` gets everything received on a connection so far and returns
-    bytes to send (or None to wait for more).
+    `reply(unanswered)` gets the bytes received since its last answer and returns bytes to send, or None.
     """
 
-    reply: Callable[[bytes], bytes | None] = field(
-        default=lambda buf: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if b"\r\n\r\n" in buf else None
-    )
-    port: int = 0
-    received: list[bytes] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = self._sock.getsockname()[1]
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
+    def __init__(self, reply: Callable[[bytes], bytes | None]) -> None:
+        self.reply = reply
+        self.conns: list[Conn] = []
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
         self._sock.settimeout(0.2)
+        self.port: int = self._sock.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
         while not self._stop:
             try:
-                conn, _ = self._sock.accept()
+                sock, _ = self._sock.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            conn = Conn()
+            with self._lock:
+                self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(sock, conn), daemon=True).start()
 
-    def _handle(self, conn: socket.socket) -> None:
-        index = len(self.received)
-        self.received.append(b"")
-        buf = b""
-        conn.settimeout(5)
-        with conn:
+    def _serve(self, sock: socket.socket, conn: Conn) -> None:
+        pending = b""
+        with sock:
             while True:
                 try:
-                    data = conn.recv(65536)
+                    data = sock.recv(65536)
                 except OSError:
-                    return
+                    data = b""
                 if not data:
+                    conn.eof = True
                     return
-                buf += data
-                self.received[index] += data
-                out = self.reply(buf)
+                with self._lock:
+                    conn.data += data
+                pending += data
+                out = self.reply(pending)
                 if out is not None:
-                    conn.sendall(out)
-                    buf = b""
+                    pending = b""
+                    try:
+                        sock.sendall(out)
+                    except OSError:
+                        return
 
     @property
     def all_bytes(self) -> bytes:
-        return b"".join(self.received)
+        with self._lock:
+            return b"".join(bytes(c.data) for c in self.conns)
 
     def close(self) -> None:
         self._stop = True

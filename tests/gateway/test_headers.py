@@ -12,15 +12,13 @@ import http.client
 import io
 import json
 import re
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
-from wsgate_testing import AiohttpUpstream, Gateway, ws_host
+from wsgate_testing import AiohttpUpstream, Gateway, RecordingUpstream, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -36,70 +34,6 @@ HOP_BY_HOP = ("connection", "keep-alive", "te", "trailer", "upgrade", "proxy-con
 
 def head_complete(buf: bytes) -> bool:
     return b"\r\n\r\n" in buf
-
-
-@dataclass
-class Conn:
-    data: bytearray = field(default_factory=bytearray)
-    eof: bool = False
-
-
-class RecordingUpstream:
-    """TCP upstream in threads: every byte of every connection kept; `reply(unanswered bytes)` answers."""
-
-    def __init__(self, reply: Callable[[bytes], bytes | None]) -> None:
-        self.reply = reply
-        self.conns: list[Conn] = []
-        self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                sock, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn = Conn()
-            with self._lock:
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(sock, conn), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, conn: Conn) -> None:
-        pending = b""
-        with sock:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    conn.eof = True
-                    return
-                with self._lock:
-                    conn.data += data
-                pending += data
-                out = self.reply(pending)
-                if out is not None:
-                    pending = b""
-                    try:
-                        sock.sendall(out)
-                    except OSError:
-                        return
-
-    @property
-    def all_bytes(self) -> bytes:
-        with self._lock:
-            return b"".join(bytes(c.data) for c in self.conns)
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
 
 
 def answer_with(response: bytes) -> Callable[[bytes], bytes | None]:

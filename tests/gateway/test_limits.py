@@ -11,15 +11,13 @@ import contextlib
 import http.client
 import io
 import json
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
-from wsgate_testing import Gateway, free_port, ws_host
+from wsgate_testing import Gateway, RecordingUpstream, free_port, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -43,76 +41,6 @@ def ok_when_head_complete(buf: bytes) -> bytes | None:
 
 def never(buf: bytes) -> bytes | None:
     return None
-
-
-@dataclass
-class Conn:
-    data: bytearray = field(default_factory=bytearray)
-    eof: bool = False
-
-
-class RecordingUpstream:
-    """TCP upstream in threads; keeps every byte of every connection (nothing is reset after a reply).
-
-    `reply(unanswered)` gets the bytes received since the last answer and returns bytes to send or None.
-    """
-
-    def __init__(self, reply: Callable[[bytes], bytes | None] = ok_when_head_complete) -> None:
-        self.reply = reply
-        self.conns: list[Conn] = []
-        self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                sock, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn = Conn()
-            with self._lock:
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(sock, conn), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, conn: Conn) -> None:
-        pending = b""
-        with sock:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    conn.eof = True
-                    return
-                with self._lock:
-                    conn.data += data
-                pending += data
-                out = self.reply(pending)
-                if out is not None:
-                    pending = b""
-                    try:
-                        sock.sendall(out)
-                    except OSError:
-                        return
-
-    @property
-    def all_bytes(self) -> bytes:
-        with self._lock:
-            return b"".join(bytes(c.data) for c in self.conns)
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
-
-
-# --- raw client ------------------------------------------------------------------------
 
 
 @dataclass
@@ -219,7 +147,7 @@ def assert_clean_error(reply: Reply, status: int, upstream_port: int) -> None:
 
 @pytest.fixture
 def upstream() -> Iterator[RecordingUpstream]:
-    up = RecordingUpstream()
+    up = RecordingUpstream(ok_when_head_complete)
     yield up
     up.close()
 
