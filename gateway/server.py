@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -166,6 +167,17 @@ def serve(config: Config) -> int:
     return Supervisor(config, tls, sock, redirect_sock).run()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker must not outlive its supervisor (killed with SIGKILL, say) and keep the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(0)
+
+
 class Supervisor:
     """Forks the workers, restarts one that dies, relays signals, serves summed metrics."""
 
@@ -182,11 +194,13 @@ class Supervisor:
 
     def _fork(self, index: int) -> None:
         read_fd, write_fd = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
             code = 0
             try:
+                _exit_with_parent(supervisor)
                 # Leave the supervisor's loop behind: the worker starts a fresh one.
                 asyncio.events._set_running_loop(None)
                 signal.set_wakeup_fd(-1)

@@ -363,3 +363,24 @@ def test_local_ca_leaf_is_renewed_before_it_expires(gateway_factory: Callable[..
     # Still the same CA: browsers that trust it keep working.
     assert served.issuer == ca_cert.subject
     assert gw.request(DOMAIN, "GET", "/healthz")[0] == 200
+
+
+def test_workers_exit_when_the_supervisor_is_killed(
+    gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
+) -> None:
+    gw = gateway_factory(ws_toml(echo_upstream.port), workers=2)
+    assert gw.proc is not None
+    proc = psutil.Process(gw.proc.pid)
+    deadline = time.monotonic() + 5
+    while len(proc.children()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [c.pid for c in proc.children()]
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    gw.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.1)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
