@@ -351,7 +351,6 @@ def error_response(
     accept: bytes | None,
     close: bool,
     head_only: bool = False,
-    extra_headers: Headers = (),  # type: ignore[assignment]
 ) -> bytes:
     """A complete small response written by the gateway itself (never upstream details)."""
     reason = REASONS.get(status, "Error")
@@ -369,8 +368,6 @@ def error_response(
         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         b"X-Request-Id: " + request_id + b"\r\n",
     ]
-    for name, value in extra_headers:
-        head.append(name + b": " + value + b"\r\n")
     head.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(head) + (b"" if head_only else body)
 

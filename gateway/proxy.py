@@ -522,9 +522,6 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.transport.writelines(out)
 
-    def response_head(self, ex: Exchange, head: bytes) -> None:
-        self._write(head)
-
     def response_body(self, pieces: list[bytes]) -> None:
         if self.out is not None:
             self.out.extend(pieces)
@@ -1031,7 +1028,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.resp_status = 101
         ex.resp_bytes += len(head)
         self.waiting = False
-        client.response_head(ex, head)
+        client._write(head)
         self.tunnel = client
         self.cursor = FrameCursor()
         self.client = None

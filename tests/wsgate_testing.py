@@ -179,6 +179,44 @@ class Gateway:
         return conn.getresponse().read().decode()
 
 
+@dataclass
+class Talk:
+    """What a client read: the bytes, whether the gateway closed, and how long it took."""
+
+    data: bytes
+    closed: bool
+    elapsed: float = 0.0
+
+
+def read_until(
+    sock: ssl.SSLSocket, timeout: float, done: Callable[[bytes], bool], buf: bytes = b"", *, start: float | None = None
+) -> Talk:
+    """Reads until `done(data)`, the gateway closes (EOF, reset or a TLS error), or `timeout` passes.
+
+    `elapsed` counts from `start` (default: now), so callers can include the time spent writing.
+    """
+    start = time.monotonic() if start is None else start
+    deadline = time.monotonic() + timeout
+    closed = False
+    while not done(buf):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            break
+        except (ConnectionResetError, ssl.SSLError):
+            closed = True
+            break
+        if not piece:
+            closed = True
+            break
+        buf += piece
+    return Talk(buf, closed, time.monotonic() - start)
+
+
 def ws_host(port: int, workspace: str = "abc") -> str:
     return f"{port}-{workspace}.ws.{DOMAIN}"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from wsgate_testing import Gateway, ws_host
+from wsgate_testing import Gateway, Talk, read_until, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -120,32 +120,6 @@ def workspace(port: int, extra: str = "") -> str:
 
 
 # --- client helpers -------------------------------------------------------------------------
-
-
-@dataclass
-class Talk:
-    data: bytes
-    closed: bool
-
-
-def read_until(s: ssl.SSLSocket, timeout: float, done: Callable[[bytes], bool], data: bytes = b"") -> Talk:
-    deadline = time.monotonic() + timeout
-    buf = bytearray(data)
-    while not done(bytes(buf)):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return Talk(bytes(buf), False)
-        s.settimeout(left)
-        try:
-            chunk = s.recv(65536)
-        except (TimeoutError, ssl.SSLError):
-            return Talk(bytes(buf), False)
-        except OSError:
-            return Talk(bytes(buf), True)
-        if not chunk:
-            return Talk(bytes(buf), True)
-        buf += chunk
-    return Talk(bytes(buf), False)
 
 
 def send_and_read(gw: Gateway, data: bytes, timeout: float = 3.0, done: Callable[[bytes], bool] | None = None) -> Talk:

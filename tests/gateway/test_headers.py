@@ -12,13 +12,12 @@ import http.client
 import io
 import json
 import re
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from wsgate_testing import AiohttpUpstream, Gateway, RecordingUpstream, ws_host
+from wsgate_testing import AiohttpUpstream, Gateway, RecordingUpstream, Talk, read_until, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -104,36 +103,6 @@ def parse_replies(data: bytes, *, closed: bool, methods: tuple[str, ...] = ()) -
             break
         out.append(Reply(resp.status, resp.headers, body, bool(resp.chunked)))
     return out
-
-
-@dataclass
-class Talk:
-    data: bytes
-    closed: bool
-    elapsed: float
-
-
-def read_until(sock: ssl.SSLSocket, timeout: float, done: Callable[[bytes], bool], buf: bytes = b"") -> Talk:
-    start = time.monotonic()
-    deadline = start + timeout
-    closed = False
-    while not done(buf):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
-        try:
-            piece = sock.recv(65536)
-        except TimeoutError:
-            break
-        except (ConnectionResetError, ssl.SSLError):
-            closed = True
-            break
-        if not piece:
-            closed = True
-            break
-        buf += piece
-    return Talk(buf, closed, time.monotonic() - start)
 
 
 def exchange(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+import wsgate_testing
 from wsgate_testing import Gateway, RecordingUpstream, free_port, ws_host
 
 pytestmark = pytest.mark.slow
@@ -82,12 +83,7 @@ def parse_replies(data: bytes, *, closed: bool) -> list[Reply]:
     return out
 
 
-@dataclass
-class Talk:
-    data: bytes
-    closed: bool
-    elapsed: float
-
+class Talk(wsgate_testing.Talk):
     def replies(self) -> list[Reply]:
         return parse_replies(self.data, closed=self.closed)
 
@@ -98,26 +94,11 @@ class Talk:
 
 
 def read_until(sock: ssl.SSLSocket, deadline: float, start: float, want: int | None = None, buf: bytes = b"") -> Talk:
-    closed = False
-    while True:
-        if want is not None and len(parse_replies(buf, closed=False)) >= want:
-            break
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
-        try:
-            piece = sock.recv(65536)
-        except TimeoutError:
-            break
-        except (ConnectionResetError, ssl.SSLError):
-            closed = True
-            break
-        if not piece:
-            closed = True
-            break
-        buf += piece
-    return Talk(buf, closed, time.monotonic() - start)
+    def done(b: bytes) -> bool:
+        return want is not None and len(parse_replies(b, closed=False)) >= want
+
+    got = wsgate_testing.read_until(sock, deadline - time.monotonic(), done, buf, start=start)
+    return Talk(got.data, got.closed, got.elapsed)
 
 
 def talk(gw: Gateway, data: bytes, *, host: str = HOST, want: int | None = None, timeout: float = 6.0) -> Talk:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from wsgate_testing import Gateway, ws_host
+from wsgate_testing import Gateway, read_until, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -323,34 +322,18 @@ def converse(
 ) -> Answer:
     """Sends `data` in one write; reads until the gateway closes, `want` responses arrived, or `timeout`."""
     start = time.monotonic()
-    deadline = start + timeout
-    buf = b""
-    closed = False
+
+    def done(b: bytes) -> bool:
+        return want is not None and len(parse_all(b, request=False, head=head)[0]) >= want
+
     with gw.tls_socket(host, timeout) as s:
         # The gateway may close while a large request is still being written; read what it said.
         with contextlib.suppress(OSError):
             s.sendall(data)
-        while True:
-            if want is not None and len(parse_all(buf, request=False, head=head)[0]) >= want:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                piece = s.recv(65536)
-            except TimeoutError:
-                break
-            except (ConnectionResetError, ssl.SSLError):
-                closed = True
-                break
-            if not piece:
-                closed = True
-                break
-            buf += piece
-    elapsed = time.monotonic() - start
+        got = read_until(s, start + timeout - time.monotonic(), done, start=start)
+    buf, closed = got.data, got.closed
     responses, rest, error = parse_all(buf, request=False, eof=closed, head=head)
-    return Answer(buf, closed, elapsed, responses, rest, error)
+    return Answer(buf, closed, got.elapsed, responses, rest, error)
 
 
 # --- fixtures -----------------------------------------------------------------------
