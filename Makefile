@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The test OIDC identity provider (a Node.js project); its tests skip locally without npm.
+IDP_MODULES := tests/idp/node_modules/.package-lock.json
+NPM := $(shell command -v npm 2>/dev/null)
 
 .PHONY: run test lint typecheck bench clean install
 
@@ -16,6 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+$(IDP_MODULES): tests/idp/package-lock.json
+ifneq ($(NPM),)
+	$(NPM) ci --prefix tests/idp --no-audit --no-fund
+else
+	@echo "npm not found: tests/idp/node_modules not installed (the OIDC tests skip, or fail in CI)"
+endif
+
 run: $(STAMP)
 	$(BIN)/wsgate serve $(if $(CONFIG),--config $(CONFIG))
 
@@ -25,7 +35,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(STAMP) $(IDP_MODULES)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

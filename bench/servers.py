@@ -318,7 +318,7 @@ class Stack:
         d.mkdir(exist_ok=True)
         conf = d / "wsgate.toml"
         routes = "".join(
-            f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {wport}\nupstream = "127.0.0.1:{uport}"\n\n'
+            f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {wport}\nupstream = "127.0.0.1:{uport}"\npublic = true\n\n'
             for wport, uport in ((HTTP_PORT, self.upstream_port), (WS_PORT, self.ws_port), (SINK_PORT, self.sink_port))
         )
         conf.write_text(textwrap.dedent(f"""\

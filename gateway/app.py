@@ -8,10 +8,14 @@ proxy from the real connection.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from html import escape
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from auth.service import SESSION_COOKIE
+from gateway.api import API
+from gateway.signin import SignIn, logout_form
 from routing.table import normalise_host
 
 if TYPE_CHECKING:
@@ -25,6 +29,7 @@ _HOME = """<!doctype html>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}</style>
 </head><body><h1>wsgate</h1>
 <p>This gateway serves developer workspaces at <code>https://&lt;port&gt;-&lt;workspace&gt;.ws.DOMAIN/</code>.</p>
+STATUS
 </body></html>
 """
 
@@ -65,7 +70,20 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def home(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    return web.Response(text=_HOME.replace("DOMAIN", gw.config.domain), content_type="text/html")
+    status = ""
+    if gw.auth.enabled:
+        sid = request.cookies.get(SESSION_COOKIE)
+        session = await gw.auth.session(sid) if sid else None
+        if session is None:
+            status = '<p><a href="/auth/login">Sign in</a></p>'
+        else:
+            p = session.principal
+            status = (
+                f"<p>Signed in as <b>{escape(p.login)}</b> <code>{escape(p.identity)}</code></p>"
+                + logout_form(session)
+            )
+    html = _HOME.replace("DOMAIN", escape(gw.config.domain)).replace("STATUS", status)
+    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 def build_app(gw: Gateway) -> web.Application:
@@ -74,6 +92,8 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", home)
+    SignIn(gw).routes(app)
+    API(gw).routes(app)
     return app
 
 

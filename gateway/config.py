@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from auth.policy import PUBLIC, parse_access
+
 DEFAULT_DOMAIN = "wsgate.localhost"
+_PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 class ConfigError(Exception):
@@ -32,6 +36,9 @@ class ListenConfig:
     # Plain-HTTP port that only redirects to HTTPS (0 = off).
     http_redirect_port: int = 0
     backlog: int = 1024
+    # The HTTPS port browsers use, when a load balancer or port mapping puts the gateway
+    # behind another port (0 = `port`); it goes into every URL the gateway writes.
+    public_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,59 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ProviderConfig:
+    """One identity provider; which URL keys apply depends on `type`."""
+
+    # Unique, lower-case; the identity prefix (`<name>:<id>`) and `/auth/login/<name>`.
+    name: str = ""
+    type: Literal["github", "gitlab", "bitbucket", "oidc"] = "oidc"
+    display_name: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    # Read the secret from this file instead (keeps it out of the config file).
+    client_secret_file: str = ""
+    # github: https://github.com / https://api.github.com (GitHub Enterprise: https://ghe.example.com
+    # and https://ghe.example.com/api/v3); gitlab: https://gitlab.com (the API is <web_url>/api/v4);
+    # bitbucket: https://bitbucket.org / https://api.bitbucket.org/2.0.
+    web_url: str = ""
+    api_url: str = ""
+    # oidc: the issuer; discovery is <issuer>/.well-known/openid-configuration.
+    issuer: str = ""
+    # Scopes to ask for instead of the provider's defaults.
+    scopes: tuple[str, ...] = ()
+    # oidc: the ID-token/userinfo claim that lists groups.
+    groups_claim: str = "groups"
+    # Only members of one of these groups (unqualified, as the provider names them) may sign in.
+    allowed_groups: tuple[str, ...] = ()
+    # PEM bundle to trust for this provider's TLS (self-managed servers with a private CA).
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    providers: tuple[ProviderConfig, ...] = ()
+    # The built-in "pick a user name" sign-in for local development. Refused unless
+    # listen.address is a loopback address.
+    dev_login: bool = False
+    # Identities (`<provider>:<id>`) with the admin level.
+    admins: tuple[str, ...] = ()
+    # A session unused for this long ends; none lives longer than session_lifetime.
+    session_idle_timeout: float = 8 * 3600.0
+    session_lifetime: float = 7 * 86400.0
+    # Seconds a person's org/group membership is trusted before it is fetched again.
+    membership_ttl: float = 300.0
+    # Extra origins (`https://host[:port]`) allowed to open cookie-authenticated WebSockets.
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StaticRouteConfig:
     """A host served by a fixed upstream (admin rules at runtime come later)."""
 
     host: str = ""
     upstream: str = ""
+    # public | authenticated | admin | team:<provider>:<group>
+    access: str = "authenticated"
 
 
 @dataclass(frozen=True)
@@ -110,6 +165,10 @@ class StaticWorkspaceConfig:
     upstream: str = ""
     # The port that answers on `<id>.ws.<domain>` itself.
     ide: bool = False
+    # The creator's identity (`<provider>:<id>`): the only person who may open it...
+    owner: str = ""
+    # ...unless the port is public.
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +183,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # redis://host:port/db: sessions, tickets and tokens shared by workers and replicas.
+    # Empty: in memory (sessions) and SQLite under state_dir (tokens).
+    redis_url: str = ""
     routes: tuple[StaticRouteConfig, ...] = ()
     workspaces: tuple[StaticWorkspaceConfig, ...] = ()
     # Where the file came from, for messages; not a key.
@@ -136,6 +199,10 @@ class Config:
     @property
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def public_port(self) -> int:
+        return self.listen.public_port or self.listen.port
 
     @property
     def workspace_suffix(self) -> str:
@@ -361,3 +428,118 @@ def _check_semantics(cfg: Config, source: str) -> None:
             ide.add(w.id)
         if not _check_upstream_url("http://" + w.upstream) or "/" in w.upstream:
             raise _fail(source, f"{key}.upstream", "a host:port address", w.upstream)
+        if not w.public and not _is_identity(w.owner):
+            raise _fail(source, f"{key}.owner", "the creator's identity '<provider>:<id>' (or public = true)", w.owner)
+    _check_listen_extra(cfg, source)
+    _check_auth(cfg, source)
+
+
+def _is_identity(text: str) -> bool:
+    provider, sep, uid = text.partition(":")
+    return bool(sep and _PROVIDER_NAME.fullmatch(provider) and uid and uid.isprintable() and " " not in uid)
+
+
+def _is_url(text: str, *, allow_path: bool = True) -> bool:
+    """https://host[:port][/path]; plain http only to a loopback address (local test servers)."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    if parts.query or parts.fragment or parts.username or not parts.hostname:
+        return False
+    if not allow_path and parts.path.strip("/"):
+        return False
+    if parts.scheme == "https":
+        return True
+    if parts.scheme == "http":
+        try:
+            return ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            return parts.hostname == "localhost"
+    return False
+
+
+def _check_listen_extra(cfg: Config, source: str) -> None:
+    _check_port(source, "listen.public_port", cfg.listen.public_port, allow_zero=True)
+    if cfg.redis_url:
+        try:
+            parts = urlsplit(cfg.redis_url)
+            parts.port  # noqa: B018
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise _fail(source, "redis_url", "a URL such as 'redis://127.0.0.1:6379/0'", cfg.redis_url)
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise _fail(source, "redis_url", "a database number as the path, such as '/0'", cfg.redis_url)
+
+
+def _check_auth(cfg: Config, source: str) -> None:
+    a = cfg.auth
+    names: set[str] = set()
+    for i, p in enumerate(a.providers):
+        key = f"auth.providers[{i}]"
+        if not _PROVIDER_NAME.fullmatch(p.name) or p.name == "dev":
+            raise _fail(source, f"{key}.name", "a lower-case name of letters, digits and dashes (not 'dev')", p.name)
+        if p.name in names:
+            raise _fail(source, f"{key}.name", "a name no other provider uses", p.name)
+        names.add(p.name)
+        if not p.client_id:
+            raise _fail(source, f"{key}.client_id", "the OAuth client id", p.client_id)
+        if not p.client_secret and not p.client_secret_file:
+            raise _fail(source, f"{key}.client_secret", "the OAuth client secret (or client_secret_file)", "")
+        if p.client_secret and p.client_secret_file:
+            raise _fail(source, f"{key}.client_secret_file", "only one of client_secret and client_secret_file", "both")
+        if p.type == "oidc":
+            if not p.issuer or not _is_url(p.issuer):
+                raise _fail(source, f"{key}.issuer", "the issuer URL (https://...)", p.issuer)
+        elif p.issuer:
+            raise _fail(source, f"{key}.issuer", f"no issuer for type '{p.type}' (use web_url)", p.issuer)
+        if p.type == "gitlab" and p.api_url:
+            raise _fail(source, f"{key}.api_url", "no api_url for GitLab (it is <web_url>/api/v4)", p.api_url)
+        for field_name in ("web_url", "api_url"):
+            value = getattr(p, field_name)
+            if value and (p.type == "oidc" or not _is_url(value)):
+                expected = "an https:// base URL" if p.type != "oidc" else "nothing for type 'oidc' (use issuer)"
+                raise _fail(source, f"{key}.{field_name}", expected, value)
+        if p.ca_file and not os.path.isfile(p.ca_file):
+            raise _fail(source, f"{key}.ca_file", "a readable PEM file", p.ca_file)
+        if not p.groups_claim:
+            raise _fail(source, f"{key}.groups_claim", "a claim name", p.groups_claim)
+    if a.dev_login:
+        try:
+            loopback = ipaddress.ip_address(cfg.listen.address).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise _fail(
+                source, "auth.dev_login", "false unless listen.address is a loopback address", a.dev_login
+            )
+    for i, ident in enumerate(a.admins):
+        if not _is_identity(ident):
+            raise _fail(source, f"auth.admins[{i}]", "an identity '<provider>:<id>' such as 'github:583231'", ident)
+    for key, value in (
+        ("auth.session_idle_timeout", a.session_idle_timeout),
+        ("auth.session_lifetime", a.session_lifetime),
+        ("auth.membership_ttl", a.membership_ttl),
+    ):
+        if not value > 0:
+            raise _fail(source, key, "a number of seconds > 0", value)
+    for i, origin in enumerate(a.allowed_origins):
+        if not _is_url(origin, allow_path=False) or origin.endswith("/"):
+            raise _fail(source, f"auth.allowed_origins[{i}]", "an origin such as 'https://ide.example.com'", origin)
+    enabled = bool(a.providers) or a.dev_login
+    for i, r in enumerate(cfg.routes):
+        try:
+            access = parse_access(r.access)
+        except ValueError:
+            raise _fail(
+                source, f"routes[{i}].access", "public, authenticated, admin or team:<name>", r.access
+            ) from None
+        if access.level != PUBLIC and not enabled:
+            raise _fail(
+                source, f"routes[{i}].access", "'public' while no [[auth.providers]] is configured", r.access
+            )
+    if enabled and cfg.worker_count > 1 and not cfg.redis_url:
+        raise _fail(source, "redis_url", "a Redis URL when workers > 1 and sign-in is on (sessions are shared)", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from html import escape
 from typing import Final
 
@@ -351,8 +352,12 @@ def error_response(
     accept: bytes | None,
     close: bool,
     head_only: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
-    """A complete small response written by the gateway itself (never upstream details)."""
+    """A complete small response written by the gateway itself (never upstream details).
+
+    `headers` adds to it (Location, Set-Cookie, WWW-Authenticate); values are the gateway's own.
+    """
     reason = REASONS.get(status, "Error")
     rid = request_id.decode("ascii", "replace")
     if wants_json(accept):
@@ -368,8 +373,91 @@ def error_response(
         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         b"X-Request-Id: " + request_id + b"\r\n",
     ]
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
     head.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(head) + (b"" if head_only else body)
+
+
+# Identity headers: the gateway's own (`X-Wsgate-*`) and the ones other auth proxies
+# set and applications commonly trust. An incoming copy never reaches an upstream.
+_IDENTITY: Final = frozenset(
+    {
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-preferred-username",
+        b"x-forwarded-groups",
+        b"x-forwarded-access-token",
+        b"x-auth-request-user",
+        b"x-auth-request-email",
+        b"x-auth-request-preferred-username",
+        b"x-auth-request-groups",
+        b"x-auth-request-access-token",
+        b"x-remote-user",
+        b"remote-user",
+        b"x-user",
+        b"x-email",
+    }
+)
+
+
+def is_identity_header(name: bytes) -> bool:
+    """Matches after the normalisation servers apply (case, `_` read as `-`)."""
+    low = name.lower().replace(b"_", b"-")
+    return low.startswith(b"x-wsgate-") or low in _IDENTITY
+
+
+def strip_cookies(value: bytes, prefix: bytes) -> bytes:
+    """A Cookie header without the gateway's cookies; the others are kept byte for byte."""
+    kept = [
+        pair
+        for pair in (p.strip(b" \t") for p in value.split(b";"))
+        if pair and not _cookie_name(pair).lower().startswith(prefix)
+    ]
+    return b"; ".join(kept)
+
+
+def _cookie_name(pair: bytes) -> bytes:
+    name, sep, rest = pair.partition(b"=")
+    name = name.strip()
+    if not name and sep:
+        # "=__Host-x=v" is how some clients send a nameless cookie; browsers read it as "__Host-x=v".
+        name = rest.partition(b"=")[0].strip()
+    return name
+
+
+def cookie_value(headers: Headers, name: bytes) -> bytes | None:
+    """The value of cookie `name` (exact, case-sensitive) from the request's Cookie headers."""
+    for hname, value in headers:
+        if len(hname) == 6 and hname.lower() == b"cookie":
+            for pair in value.split(b";"):
+                k, sep, v = pair.strip(b" \t").partition(b"=")
+                if sep and k == name:
+                    return v.strip(b'"')
+    return None
+
+
+def scrub(headers: Headers, cookie_prefix: bytes, token_prefix: bytes, *, keep_credentials: bool = False) -> Headers:
+    """The request headers minus the gateway's cookies and tokens and any identity header.
+
+    `keep_credentials` (the gateway's own app) keeps Cookie and Authorization.
+    """
+    out: Headers = []
+    for name, value in headers:
+        n = len(name)
+        if not keep_credentials:
+            if n == 6 and name.lower() == b"cookie":
+                value = strip_cookies(value, cookie_prefix)
+                if not value:
+                    continue
+            elif n == 13 and name.lower() == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip().startswith(token_prefix):
+                    continue
+        if n > 6 and is_identity_header(name):
+            continue
+        out.append((name, value))
+    return out
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from auth.policy import PUBLIC
 from gateway import http1
+from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer
 from gateway.http1 import BadRequest, Headers
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
-from routing.table import MAIN, Route, Upstream
+from routing.table import MAIN, NOWHERE, Route, Upstream
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
@@ -48,6 +50,9 @@ _WRITE_HIGH = 256 * 1024
 _WRITE_LOW = 64 * 1024
 
 _MAX_RESPONSE_HEAD = 64 * 1024
+
+# First bytes of header names that may be identity headers (x-..., remote-user).
+_IDENTITY_INITIALS = frozenset(b"xXrR")
 
 
 class Exchange:
@@ -74,6 +79,7 @@ class Exchange:
         "resp_status",
         "retried",
         "route",
+        "scrub",
         "start",
         "target",
         "te",
@@ -107,6 +113,8 @@ class Exchange:
         self.head_size = 0
         self.retried = False
         self.te: bytes | None = None
+        # Carries a header the gateway removes before forwarding (its cookies, tokens, identity).
+        self.scrub = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -370,6 +378,12 @@ class ClientConnection(asyncio.Protocol):
                 ex.expect_continue = True
             elif n == 7 and name.lower() == b"upgrade":
                 ex.upgrade = value.strip()
+            elif (
+                (n == 6 and name.lower() == b"cookie")
+                or (n == 13 and name.lower() == b"authorization")
+                or (n > 6 and name[0] in _IDENTITY_INITIALS and http1.is_identity_header(name))
+            ):
+                ex.scrub = True
         if host is None:
             raise BadRequest(400, "missing Host header")
         ex.host = host
@@ -402,16 +416,51 @@ class ClientConnection(asyncio.Protocol):
         route = gw.router.match(ex.host)
         if isinstance(route, int):
             msg = {
-                404: "There is nothing at this address.",
+                404: NOT_FOUND_MESSAGE,
                 421: "This server does not serve that host name.",
                 400: "The Host header is not a valid host name.",
             }[route]
             self._respond_error(ex, route, msg)
             return
         ex.route = route
-        if gw.draining and route.kind != MAIN:
-            self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
+        if route.kind != MAIN:
+            if gw.draining:
+                self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
+                return
+            if route.access.level != PUBLIC or ex.target.startswith(b"/.wsgate/"):
+                if ex.pending is None:
+                    ex.pending = []
+                self._pause(_PAUSE_CONNECT)
+                gw.spawn(self._guarded(ex, route))
+                return
+        self._forward(ex, route, None)
+
+    async def _guarded(self, ex: Exchange, route: Route) -> None:
+        try:
+            verdict = await self.gw.guard.check(ex, route)
+        except Exception:
+            log.exception("auth check failed")
+            verdict = Answer(500, "The gateway could not check this request.", [])
+        if self.current is not ex or self.closing:
             return
+        self._resume(_PAUSE_CONNECT)
+        if isinstance(verdict, Answer):
+            ex.pending = None
+            self._respond_error(ex, verdict.status, verdict.message, headers=verdict.headers)
+            return
+        self._forward(ex, route, verdict.headers)
+
+    def _forward(self, ex: Exchange, route: Route, extra: list[tuple[bytes, bytes]] | None) -> None:
+        gw = self.gw
+        if route.upstream is NOWHERE:
+            self._respond_error(ex, 404, NOT_FOUND_MESSAGE)
+            return
+        if ex.scrub:
+            ex.headers = http1.scrub(
+                ex.headers, gw.cookie_prefix, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
+            )
+        if extra:
+            ex.headers.extend(extra)
         up = gw.pool.take(route.upstream)
         if up is not None:
             self._attach(ex, up)
@@ -620,7 +669,15 @@ class ClientConnection(asyncio.Protocol):
                 kind,
             )
 
-    def _respond_error(self, ex: Exchange, status: int, message: str, *, close: bool | None = None) -> None:
+    def _respond_error(
+        self,
+        ex: Exchange,
+        status: int,
+        message: str,
+        *,
+        close: bool | None = None,
+        headers: list[tuple[bytes, bytes]] | tuple[()] = (),
+    ) -> None:
         """Answers from the gateway itself; the connection closes unless the request is complete."""
         if close is None:
             close = not ex.keep_alive or not (ex.req_done or ex.body == "none")
@@ -632,6 +689,7 @@ class ClientConnection(asyncio.Protocol):
             accept=ex.accept,
             close=close,
             head_only=ex.method == b"HEAD",
+            headers=headers,
         )
         ex.resp_bytes = len(data)
         ex.resp_done = True

@@ -26,6 +26,7 @@ from certs.tls import CertPair, TLSManager, local_ca_manager
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import event, setup_logging
 from gateway.metrics import merge, render
+from gateway.wiring import prepare_auth_state
 from gateway.worker import Gateway
 
 log = logging.getLogger("wsgate.server")
@@ -153,6 +154,7 @@ def serve(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     tls = build_tls(config)
     check_coverage(config, tls)
+    prepare_auth_state(config)
     sock = bind(config.listen.address, config.listen.port, config.listen.backlog)
     redirect_sock = (
         bind(config.listen.address, config.listen.http_redirect_port, config.listen.backlog)

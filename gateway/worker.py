@@ -16,13 +16,16 @@ from typing import Any
 
 from aiohttp import web
 
+from auth.policy import Policy, parse_access
 from certs.localca import ensure_local_ca
 from certs.tls import CertificateError, TLSManager
 from gateway.config import Config
+from gateway.guard import Guard
 from gateway.http1 import TrustedProxies
 from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
 from gateway.proxy import ClientConnection, UpstreamPool
+from gateway.wiring import build_auth
 from routing.table import RouteTable, Upstream
 
 log = logging.getLogger("wsgate.worker")
@@ -39,9 +42,11 @@ def build_router(config: Config) -> RouteTable:
 
 def fill_router(table: RouteTable, config: Config) -> None:
     for r in config.routes:
-        table.set_host(r.host, Upstream.from_url(r.upstream))
+        table.set_host(r.host, Upstream.from_url(r.upstream), parse_access(r.access))
     for w in config.workspaces:
-        table.set_workspace_port(w.id, w.port, Upstream.from_address(w.upstream), ide=w.ide)
+        table.set_workspace_port(
+            w.id, w.port, Upstream.from_address(w.upstream), owner=w.owner, public=w.public, ide=w.ide
+        )
 
 
 class Gateway:
@@ -53,6 +58,8 @@ class Gateway:
         self.tls = tls
         self.index = index
         self.router = build_router(config)
+        self.auth = build_auth(config, warn=index == 0)
+        self.guard = self._guard(config)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
         self.metrics = Metrics()
         self.access_log = AccessLog(config.log.access_log, config.log.format)
@@ -80,6 +87,14 @@ class Gateway:
         self._stopped = asyncio.Event()
         self._next_cert_check = 0.0
         self._next_renewal_check = 0.0
+
+    def _guard(self, config: Config) -> Guard:
+        return Guard(
+            self.auth,
+            domain=config.domain,
+            public_port=config.public_port,
+            allowed_origins=config.auth.allowed_origins,
+        )
 
     def _settings(self, config: Config) -> None:
         """Copies the values the hot path reads on every request into plain attributes."""
@@ -186,6 +201,9 @@ class Gateway:
         table.clear()
         fill_router(table, config)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
+        # Admins and allowed origins change in place; providers and stores only on restart.
+        self.auth.policy = Policy(admins=config.auth.admins, teams=self.auth.policy.teams)
+        self.guard = self._guard(config)
         self.access_log.enabled = config.log.access_log
         self.pool.connect_timeout = config.proxy.connect_timeout
         self.pool.size = config.proxy.pool_size
@@ -218,6 +236,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
         self.access_log.flush()
+        await self.auth.close()
         self._stopped.set()
 
     async def wait_closed(self) -> None:

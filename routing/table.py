@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from auth.policy import PUBLIC_ACCESS, Access, owner_access
+
 MAIN: Final = "main"
 WORKSPACE: Final = "workspace"
 RULE: Final = "rule"
@@ -52,6 +54,11 @@ class Upstream:
 
 
 INTERNAL: Final = Upstream("internal", "wsgate", 0)
+# Stands in for the upstream of a workspace host that does not exist. Its route
+# is owned by nobody, so the policy refuses everyone exactly as it refuses a
+# stranger on a real workspace: no answer tells the two apart.
+NOWHERE: Final = Upstream("none", "nowhere.invalid", 0)
+NOBODY: Final = owner_access("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,13 @@ class Route:
     upstream: Upstream
     workspace_id: str = ""
     port: int = 0
+    access: Access = NOBODY
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspacePort:
+    upstream: Upstream
+    access: Access
 
 
 def normalise_host(raw: str) -> str | None:
@@ -97,26 +111,31 @@ class RouteTable:
     def __init__(self, domain: str) -> None:
         self.domain = domain.lower()
         self.ws_suffix = ".ws." + self.domain
-        self.main_route = Route(MAIN, self.domain, INTERNAL)
-        # workspace id -> {port: upstream}; port 0 holds the IDE port's upstream.
-        self._workspaces: dict[str, dict[int, Upstream]] = {}
-        self._hosts: dict[str, Upstream] = {}
+        # The main domain's app checks its own sessions.
+        self.main_route = Route(MAIN, self.domain, INTERNAL, access=PUBLIC_ACCESS)
+        # workspace id -> {port: its upstream and access}; port 0 is the IDE port.
+        self._workspaces: dict[str, dict[int, WorkspacePort]] = {}
+        self._hosts: dict[str, tuple[Upstream, Access]] = {}
         self._cache: dict[bytes, Route | int] = {}
 
     # --- changes ------------------------------------------------------------------
-    def set_host(self, host: str, upstream: Upstream) -> None:
-        self._hosts[host.lower().rstrip(".")] = upstream
+    def set_host(self, host: str, upstream: Upstream, access: Access) -> None:
+        self._hosts[host.lower().rstrip(".")] = (upstream, access)
         self._cache.clear()
 
     def remove_host(self, host: str) -> None:
         self._hosts.pop(host.lower().rstrip("."), None)
         self._cache.clear()
 
-    def set_workspace_port(self, workspace_id: str, port: int, upstream: Upstream, *, ide: bool = False) -> None:
+    def set_workspace_port(
+        self, workspace_id: str, port: int, upstream: Upstream, *, owner: str, public: bool = False, ide: bool = False
+    ) -> None:
+        """A workspace port reachable by `owner` only, or by anyone when `public`."""
+        entry = WorkspacePort(upstream, PUBLIC_ACCESS if public else owner_access(owner))
         ports = self._workspaces.setdefault(workspace_id, {})
-        ports[port] = upstream
+        ports[port] = entry
         if ide:
-            ports[0] = upstream
+            ports[0] = entry
         self._cache.clear()
 
     def remove_workspace(self, workspace_id: str) -> None:
@@ -136,6 +155,9 @@ class RouteTable:
             or (host.endswith(self.ws_suffix) and "." not in host[: -len(self.ws_suffix)])
             or host in self._hosts
         )
+
+    def is_rule_host(self, host: str) -> bool:
+        return host in self._hosts
 
     def match(self, raw_host: bytes) -> Route | int:
         """The route for a raw Host header value, or the status to answer with."""
@@ -166,16 +188,13 @@ class RouteTable:
             if parsed is None:
                 return NOT_FOUND
             workspace_id, port = parsed
-            ports = self._workspaces.get(workspace_id)
-            if ports is None:
-                return NOT_FOUND
-            upstream = ports.get(port or 0)
-            if upstream is None:
-                return NOT_FOUND
-            return Route(WORKSPACE, host, upstream, workspace_id, port or 0)
-        upstream = self._hosts.get(host)
-        if upstream is not None:
-            return Route(RULE, host, upstream)
+            entry = self._workspaces.get(workspace_id, {}).get(port or 0)
+            if entry is None:
+                return Route(WORKSPACE, host, NOWHERE, workspace_id, port or 0, NOBODY)
+            return Route(WORKSPACE, host, entry.upstream, workspace_id, port or 0, entry.access)
+        found = self._hosts.get(host)
+        if found is not None:
+            return Route(RULE, host, found[0], access=found[1])
         if host.endswith("." + self.domain):
             return NOT_FOUND
         return MISDIRECTED

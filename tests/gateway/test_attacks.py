@@ -116,7 +116,7 @@ class ScriptedUpstream:
 
 
 def workspace(port: int, extra: str = "") -> str:
-    return extra + f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{port}"\n'
+    return extra + f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{port}"\npublic = true\n'
 
 
 # --- client helpers -------------------------------------------------------------------------

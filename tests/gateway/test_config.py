@@ -90,8 +90,10 @@ def test_full_config_parses_into_typed_objects() -> None:
             "workers": 0,
             "listen": {"address": "::", "port": 443},
             "proxy": {"trusted_proxies": ["10.0.0.0/8"], "connect_timeout": 2},
-            "routes": [{"host": "grafana.example.com", "upstream": "http://10.1.2.3:3000/grafana"}],
-            "workspaces": [{"id": "abc", "port": 8080, "upstream": "127.0.0.1:9000", "ide": True}],
+            "routes": [{"host": "grafana.example.com", "upstream": "http://10.1.2.3:3000/grafana", "access": "public"}],
+            "workspaces": [
+                {"id": "abc", "port": 8080, "upstream": "127.0.0.1:9000", "ide": True, "owner": "github:1"}
+            ],
         },
         "x.toml",
     )

@@ -121,7 +121,7 @@ def get(path: str, *headers: str | bytes, method: str = "GET", version: str = "H
 
 
 def workspace(upstream: int, extra: str = "") -> str:
-    return extra + f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{upstream}"\n'
+    return extra + f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{upstream}"\npublic = true\n'
 
 
 def echoed(reply: Reply) -> dict[str, object]:

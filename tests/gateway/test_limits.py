@@ -116,7 +116,7 @@ def get(path: str = "/", *headers: str) -> bytes:
 
 
 def workspace(port: int, upstream: int) -> str:
-    return f'\n[[workspaces]]\nid = "abc"\nport = {port}\nupstream = "127.0.0.1:{upstream}"\n'
+    return f'\n[[workspaces]]\nid = "abc"\nport = {port}\nupstream = "127.0.0.1:{upstream}"\npublic = true\n'
 
 
 def assert_clean_error(reply: Reply, status: int, upstream_port: int) -> None:

@@ -26,6 +26,7 @@ id = "{workspace}"
 port = {port}
 upstream = "127.0.0.1:{upstream_port}"
 ide = {"true" if ide else "false"}
+public = true
 """
 
 
@@ -39,6 +40,7 @@ def gw(gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream) 
 [[routes]]
 host = "app.wsgate.localhost"
 upstream = "http://127.0.0.1:{echo_upstream.port}/base"
+access = "public"
 """
     )
 

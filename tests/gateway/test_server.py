@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def ws_toml(port: int) -> str:
-    return f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{port}"\n'
+    return f'\n[[workspaces]]\nid = "abc"\nport = 8080\nupstream = "127.0.0.1:{port}"\npublic = true\n'
 
 
 def test_sigterm_lets_requests_finish_and_closes_websockets_with_1001(
@@ -89,7 +89,7 @@ def test_sighup_reloads_routes_without_dropping_connections(
     assert gw.request(ws_host(8081), "GET", "/")[0] == 404
     gw.config.write_text(
         gw.config.read_text()
-        + f'\n[[workspaces]]\nid = "abc"\nport = 8081\nupstream = "127.0.0.1:{echo_upstream.port}"\n'
+        + f'\n[[workspaces]]\nid = "abc"\nport = 8081\nupstream = "127.0.0.1:{echo_upstream.port}"\npublic = true\n'
     )
     gw.signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
@@ -235,7 +235,7 @@ def test_route_host_without_certificate_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'state_dir = "{tmp_path}/st"\n[listen]\nport = {free_port()}\n[metrics]\nport = 0\n'
-        '[[routes]]\nhost = "grafana.example.com"\nupstream = "http://127.0.0.1:3000"\n'
+        '[[routes]]\nhost = "grafana.example.com"\nupstream = "http://127.0.0.1:3000"\naccess = "public"\n'
     )
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--config", str(cfg)],

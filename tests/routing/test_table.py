@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from auth.policy import PUBLIC_ACCESS, Access, owner_access
 from routing.table import (
     BAD_HOST,
     MAIN,
     MISDIRECTED,
+    NOBODY,
     NOT_FOUND,
+    NOWHERE,
     RULE,
     WORKSPACE,
     RouteTable,
@@ -24,9 +27,9 @@ IDE = Upstream.from_address("127.0.0.1:9001")
 @pytest.fixture
 def table() -> RouteTable:
     t = RouteTable("example.com")
-    t.set_workspace_port("abc", 8080, UP)
-    t.set_workspace_port("abc", 3000, IDE, ide=True)
-    t.set_host("grafana.example.com", Upstream.from_url("http://10.0.0.1:3000/g"))
+    t.set_workspace_port("abc", 8080, UP, owner="github:7")
+    t.set_workspace_port("abc", 3000, IDE, owner="github:7", public=True, ide=True)
+    t.set_host("grafana.example.com", Upstream.from_url("http://10.0.0.1:3000/g"), Access("authenticated"))
     return t
 
 
@@ -61,8 +64,6 @@ def test_main_and_rule_hosts(table: RouteTable) -> None:
 @pytest.mark.parametrize(
     ("host", "status"),
     [
-        (b"9090-abc.ws.example.com", NOT_FOUND),  # undeclared port
-        (b"8080-zzz.ws.example.com", NOT_FOUND),  # unknown workspace
         (b"x.8080-abc.ws.example.com", NOT_FOUND),  # nested label
         (b"08080-abc.ws.example.com", NOT_FOUND),  # leading zero port
         (b"99999-abc.ws.example.com", NOT_FOUND),
@@ -85,10 +86,26 @@ def test_hosts_that_never_match(table: RouteTable, host: bytes, status: int) -> 
     assert table.match(host) == status
 
 
+@pytest.mark.parametrize("host", [b"9090-abc.ws.example.com", b"8080-zzz.ws.example.com", b"zzz.ws.example.com"])
+def test_unknown_workspace_hosts_are_owned_by_nobody(table: RouteTable, host: bytes) -> None:
+    # Same shape as a real private workspace, so the policy refuses both the same way.
+    route = table.match(host)
+    assert not isinstance(route, int)
+    assert route.kind == WORKSPACE and route.upstream is NOWHERE and route.access == NOBODY
+
+
+def test_access_of_ports_and_rules(table: RouteTable) -> None:
+    hosts = (b"8080-abc.ws.example.com", b"abc.ws.example.com", b"grafana.example.com")
+    private, public, rule = (table.match(h) for h in hosts)
+    assert not isinstance(private, int) and private.access == owner_access("github:7")
+    assert not isinstance(public, int) and public.access == PUBLIC_ACCESS
+    assert not isinstance(rule, int) and rule.access == Access("authenticated")
+
+
 def test_changes_drop_the_cache(table: RouteTable) -> None:
-    assert not isinstance(table.match(b"8080-abc.ws.example.com"), int)
+    assert table.match(b"8080-abc.ws.example.com").upstream == UP  # type: ignore[union-attr]
     table.remove_workspace("abc")
-    assert table.match(b"8080-abc.ws.example.com") == NOT_FOUND
+    assert table.match(b"8080-abc.ws.example.com").upstream is NOWHERE  # type: ignore[union-attr]
     table.remove_host("grafana.example.com")
     assert table.match(b"grafana.example.com") == NOT_FOUND
 

@@ -1,0 +1,1 @@
+"""Identity providers: one module per kind, each filling `base.Provider`."""

@@ -1,0 +1,164 @@
+"""The auth room's front door: sessions, tickets, tokens, providers and the policy, together.
+
+The gateway builds one `AuthService` per worker. Everything it answers is
+about identity (who is this, may they use that); HTTP details (cookie
+headers, redirects, status codes) stay in the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+
+from auth.policy import Policy
+from auth.principal import Principal
+from auth.providers.base import Provider, ProviderError, Tokens
+from auth.sessions import Session, SessionStore, principal_from_dict, principal_to_dict
+from auth.store import KV, StoreError, now
+from auth.tickets import Tickets
+from auth.tokens import TokenInfo, TokenStore
+from certs.envelope import EnvelopeError, Keyring
+
+log = logging.getLogger("wsgate.auth")
+
+SESSION_COOKIE = "__Host-wsgate-session"
+FLOW_COOKIE = "__Host-wsgate-flow"
+HOST_COOKIE = "__Host-wsgate-host"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    idle_timeout: float
+    lifetime: float
+    membership_ttl: float
+    allowed_groups: Mapping[str, frozenset[str]]  # provider name -> groups allowed to sign in
+
+
+class AuthService:
+    def __init__(
+        self,
+        kv: KV,
+        tokens: TokenStore,
+        keyring: Keyring,
+        hmac_key: bytes,
+        providers: Mapping[str, Provider],
+        policy: Policy,
+        settings: Settings,
+        http: list[aiohttp.ClientSession] | None = None,
+    ) -> None:
+        self.http = http or []
+        self.kv = kv
+        self.sessions = SessionStore(kv, idle_timeout=settings.idle_timeout, lifetime=settings.lifetime)
+        self.tickets = Tickets(kv, hmac_key)
+        self.tokens = tokens
+        self.keyring = keyring
+        self.providers = dict(providers)
+        self.policy = policy
+        self.settings = settings
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.providers)
+
+    # --- provider tokens at rest -----------------------------------------------------
+    def seal_tokens(self, identity: str, tokens: Tokens) -> str:
+        data = json.dumps({"a": tokens.access_token, "r": tokens.refresh_token, "t": tokens.token_type}).encode()
+        return base64.b64encode(self.keyring.seal(data, aad=identity.encode())).decode()
+
+    def open_tokens(self, identity: str, sealed: str) -> Tokens | None:
+        if not sealed:
+            return None
+        try:
+            data = json.loads(self.keyring.open(base64.b64decode(sealed), aad=identity.encode()))
+        except (EnvelopeError, ValueError):
+            return None
+        return Tokens(access_token=data["a"], refresh_token=data.get("r", ""), token_type=data.get("t", "bearer"))
+
+    # --- sign-in -------------------------------------------------------------------------
+    def may_sign_in(self, principal: Principal) -> bool:
+        allowed = self.settings.allowed_groups.get(principal.provider)
+        return not allowed or not allowed.isdisjoint(principal.groups)
+
+    async def sign_in(self, principal: Principal, tokens: Tokens, old_sid: str = "") -> tuple[str, Session]:
+        """A new session (the old one, if any, ends: ids never survive a sign-in)."""
+        if old_sid:
+            old = await self.sessions.get(old_sid)
+            if old is not None:
+                await self.sessions.end(old.key)
+        sealed = self.seal_tokens(principal.identity, tokens) if tokens.access_token else ""
+        sid, session = await self.sessions.create(principal, sealed)
+        await self._remember(principal, now())
+        return sid, session
+
+    async def _remember(self, principal: Principal, groups_checked: float) -> None:
+        # The latest known profile of each person, for requests made with their tokens.
+        await self.kv.set(
+            "user:" + principal.identity,
+            {"principal": principal_to_dict(principal), "groups_checked": groups_checked},
+            self.settings.lifetime,
+        )
+
+    # --- who is this ---------------------------------------------------------------------
+    async def session(self, sid: str) -> Session | None:
+        s = await self.sessions.get(sid)
+        return await self.fresh(s) if s is not None else None
+
+    async def host_session(self, grant: str, host: str) -> Session | None:
+        s = await self.sessions.from_grant(grant, host)
+        return await self.fresh(s) if s is not None else None
+
+    async def fresh(self, s: Session) -> Session:
+        """The session with group membership no older than the TTL (empty when it cannot be refreshed)."""
+        if now() - s.groups_checked <= self.settings.membership_ttl:
+            return s
+        p = s.principal
+        provider = self.providers.get(p.provider)
+        tokens = self.open_tokens(p.identity, s.sealed_tokens)
+        groups: frozenset[str] = frozenset()
+        if provider is not None and tokens is not None:
+            try:
+                groups = await provider.load_groups(tokens)
+            except ProviderError as e:
+                # Fail closed: what the groups gave is withheld until the provider answers again.
+                log.warning("membership refresh failed for %s: %s", p.identity, e.message)
+                return replace(s, principal=replace(p, groups=frozenset()))
+        s = replace(s, principal=replace(p, groups=groups), groups_checked=now())
+        await self.sessions.save(s)
+        await self._remember(s.principal, s.groups_checked)
+        return s
+
+    async def token_principal(self, info: TokenInfo) -> Principal:
+        """The owner of a token as last seen; groups only while they are fresh."""
+        data = await self.kv.get("user:" + info.owner)
+        if data is None:
+            provider, _, uid = info.owner.partition(":")
+            return Principal(provider, uid, "")
+        p = principal_from_dict(data["principal"])
+        if now() - float(data.get("groups_checked", 0)) > self.settings.membership_ttl:
+            p = replace(p, groups=frozenset())
+        return p
+
+    async def bearer(self, token: str, scope: str) -> tuple[TokenInfo, Principal] | None:
+        info = await self.tokens.verify(token)
+        if info is None or scope not in info.scopes:
+            return None
+        return info, await self.token_principal(info)
+
+    async def close(self) -> None:
+        await self.kv.close()
+        await self.tokens.close()
+        for session in self.http:
+            await session.close()
+
+
+def keyring_path(state: Path) -> Path:
+    return state / "keys" / "auth.keyring"
+
+
+__all__ = ["FLOW_COOKIE", "HOST_COOKIE", "SESSION_COOKIE", "AuthService", "Settings", "StoreError"]

@@ -1,0 +1,190 @@
+"""Who may pass: the auth checks the proxy runs on every host but the main domain.
+
+The main domain's app reads its own session cookie; every other host (workspace
+ports, admin-routed services) is checked here before a byte goes upstream:
+
+- `/.wsgate/auth?ticket=...` swaps a ticket minted by the main domain for a
+  host-only cookie on this one host;
+- a gateway token (`Authorization: Bearer wsg_...`) or that host cookie says
+  who is asking; the policy says whether they may;
+- anonymous browsers are sent to sign in, everyone refused gets the very 404
+  that a host that does not exist gets (the router hands the guard a route
+  owned by nobody for those, so the two cannot differ);
+- cookie-authenticated WebSocket upgrades must come from the host's own origin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qs, quote, urlsplit
+
+from auth.policy import PUBLIC
+from auth.principal import Principal
+from auth.redirects import safe_path
+from auth.service import HOST_COOKIE, AuthService
+from auth.store import StoreError
+from auth.store import now as _now
+from auth.tokens import PREFIX as TOKEN_PREFIX
+from gateway import http1
+from routing.table import RULE, Route
+
+if TYPE_CHECKING:
+    from gateway.proxy import Exchange
+
+log = logging.getLogger("wsgate.guard")
+
+NOT_FOUND_MESSAGE: Final = "There is nothing at this address."
+TOKEN_PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
+_HOST_COOKIE: Final = HOST_COOKIE.encode()
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response the gateway gives instead of forwarding."""
+
+    status: int
+    message: str
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Pass:
+    """Forward, adding these headers (identity for services behind admin rules)."""
+
+    headers: list[tuple[bytes, bytes]]
+
+
+def _not_found() -> Answer:
+    return Answer(404, NOT_FOUND_MESSAGE, [])
+
+
+class Guard:
+    def __init__(self, auth: AuthService, *, domain: str, public_port: int, allowed_origins: tuple[str, ...]) -> None:
+        self.auth = auth
+        self.domain = domain
+        self.port_suffix = "" if public_port == 443 else f":{public_port}"
+        self.allowed_origins = frozenset(o.lower().rstrip("/").encode() for o in allowed_origins)
+
+    def origin_of(self, host: str) -> str:
+        return f"https://{host}{self.port_suffix}"
+
+    async def check(self, ex: Exchange, route: Route) -> Answer | Pass:
+        try:
+            return await self._check(ex, route)
+        except StoreError as e:
+            log.error("state store unavailable: %s", e)
+            return Answer(503, "Sign-in is unavailable for a moment; try again shortly.", [])
+
+    async def _check(self, ex: Exchange, route: Route) -> Answer | Pass:
+        path = ex.target
+        if path.startswith(b"/.wsgate/"):
+            return await self._redeem(ex, route)
+        if route.access.level == PUBLIC:
+            return Pass([])
+        auth = self.auth
+        principal: Principal | None = None
+        by_cookie = False
+        bearer = _bearer(ex.headers)
+        if bearer is not None:
+            found = await auth.bearer(bearer, "workspace")
+            if found is None:
+                return Answer(
+                    401,
+                    "The access token is invalid, expired or revoked.",
+                    [(b"WWW-Authenticate", b'Bearer realm="wsgate", error="invalid_token"')],
+                )
+            principal = found[1]
+        else:
+            grant = http1.cookie_value(ex.headers, _HOST_COOKIE)
+            if grant is not None:
+                session = await auth.host_session(grant.decode("ascii", "replace"), route.host)
+                if session is not None:
+                    principal = session.principal
+                    by_cookie = True
+        if principal is None:
+            return self._sign_in(ex, route)
+        if not auth.policy.allows(route.access, principal):
+            return _not_found()
+        if by_cookie and ex.upgrade is not None and not self._origin_ok(ex, route.host):
+            return Answer(403, "This WebSocket was opened from another site.", [])
+        if route.kind == RULE:
+            return Pass(_identity_headers(principal))
+        return Pass([])
+
+    def _sign_in(self, ex: Exchange, route: Route) -> Answer:
+        if not self.auth.enabled:
+            return _not_found()
+        if ex.method not in (b"GET", b"HEAD") or ex.upgrade is not None:
+            return Answer(401, "Sign in to use this address.", [(b"WWW-Authenticate", b'Bearer realm="wsgate"')])
+        here = self.origin_of(route.host) + safe_path(ex.target.decode("latin-1"))
+        location = f"https://{self.domain}{self.port_suffix}/auth/host?next={quote(here, safe='')}"
+        return Answer(302, "Sign in to continue.", [(b"Location", location.encode())])
+
+    def _origin_ok(self, ex: Exchange, host: str) -> bool:
+        origin = None
+        for name, value in ex.headers:
+            if len(name) == 6 and name.lower() == b"origin":
+                if origin is not None:
+                    return False
+                origin = value.strip().lower().rstrip(b"/")
+        if origin is None:
+            return False
+        return origin == self.origin_of(host).encode() or origin in self.allowed_origins
+
+    async def _redeem(self, ex: Exchange, route: Route) -> Answer:
+        """`/.wsgate/auth?ticket=...`: the last leg of the sign-in handoff to a workspace host."""
+        parts = urlsplit(ex.target.decode("latin-1"))
+        if parts.path != "/.wsgate/auth" or ex.method != b"GET":
+            return _not_found()
+        tickets = parse_qs(parts.query).get("ticket", [])
+        invalid = Answer(400, "This sign-in link is invalid, expired or already used. Open the address again.", [])
+        if len(tickets) != 1:
+            return invalid
+        auth = self.auth
+        ticket = await auth.tickets.redeem(tickets[0], route.host)
+        if ticket is None:
+            return invalid
+        session = await auth.sessions.get_by_key(ticket.session_key)
+        if session is None:
+            return invalid
+        session = await auth.fresh(session)
+        if not auth.policy.allows(route.access, session.principal):
+            return _not_found()
+        grant = await auth.sessions.grant(session, route.host)
+        max_age = int(max(1.0, session.created + auth.sessions.lifetime - _now()))
+        cookie = f"{HOST_COOKIE}={grant}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+        return Answer(
+            303,
+            "Signed in.",
+            [
+                (b"Location", safe_path(ticket.path).encode()),
+                (b"Set-Cookie", cookie.encode()),
+                (b"Referrer-Policy", b"no-referrer"),
+            ],
+        )
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if len(name) == 13 and name.lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            token = token.strip()
+            if scheme.lower() == b"bearer" and token.startswith(TOKEN_PREFIX_BYTES):
+                return token.decode("ascii", "replace")
+    return None
+
+
+def _header_safe(value: str) -> bytes | None:
+    data = value.encode("utf-8", "replace")
+    return data if data and all(32 <= c < 127 for c in data) else None
+
+
+def _identity_headers(p: Principal) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in ((b"X-Wsgate-User", p.identity), (b"X-Wsgate-Login", p.login), (b"X-Wsgate-Email", p.email)):
+        safe = _header_safe(value)
+        if safe is not None:
+            out.append((name, safe))
+    return out

@@ -1,0 +1,295 @@
+"""The main domain's sign-in pages: providers, callback, logout and the workspace-host handoff.
+
+Flow state (PKCE verifier, nonce, where to go next) stays on the server under
+the SHA-256 of `state`; the browser holds a random binding in a short-lived
+`__Host-` cookie, and the callback needs both, once. So a `state` copied into
+someone else's browser (login CSRF), replayed, or tampered with finds nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from html import escape
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from aiohttp import web
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from auth.principal import Principal
+from auth.providers.base import Provider, ProviderError
+from auth.providers.dev import FORM_PATH as DEV_FORM_PATH
+from auth.redirects import safe_next, safe_path
+from auth.service import FLOW_COOKIE, SESSION_COOKIE, AuthService
+from auth.sessions import Session
+from auth.store import StoreError, digest
+from gateway.logs import event
+from routing.table import NOWHERE
+
+if TYPE_CHECKING:
+    from gateway.worker import Gateway
+
+log = logging.getLogger("wsgate.signin")
+
+FLOW_TTL = 600.0
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{title} · wsgate</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em;color:#222}}
+a.button,button{{display:block;margin:.6em 0;padding:.7em 1em;border:1px solid #888;border-radius:6px;
+background:#f6f6f6;color:#222;text-decoration:none;font:inherit;cursor:pointer;width:100%;text-align:left}}
+input{{font:inherit;padding:.5em;width:100%;box-sizing:border-box}}.muted{{color:#666}}</style>
+</head><body><h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src https:; "
+    "base-uri 'none'; frame-ancestors 'none'",
+}
+
+
+def page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=_PAGE.format(title=escape(title), body=body),
+        status=status,
+        content_type="text/html",
+        headers={**PAGE_HEADERS, **(headers or {})},
+    )
+
+
+def redirect(location: str, status: int = 302) -> web.Response:
+    return web.Response(status=status, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def set_cookie(response: web.StreamResponse, name: str, value: str, max_age: float) -> None:
+    # __Host- cookies: Secure, Path=/, no Domain, so only this exact host ever gets them.
+    response.set_cookie(
+        name, value, max_age=int(max_age), path="/", secure=True, httponly=True, samesite="Lax"
+    )
+
+
+def clear_cookie(response: web.StreamResponse, name: str) -> None:
+    response.set_cookie(name, "", max_age=0, path="/", secure=True, httponly=True, samesite="Lax")
+
+
+class SignIn:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        cfg = gw.config
+        port = cfg.public_port
+        self.domain = cfg.domain
+        self.port = port
+        self.base = f"https://{cfg.domain}" + ("" if port == 443 else f":{port}")
+
+    @property
+    def auth(self) -> AuthService:
+        return self.gw.auth
+
+    def next_url(self, raw: str | None) -> str:
+        return safe_next(raw, domain=self.domain, port=self.port, extra_host=self.gw.router.is_rule_host)
+
+    def routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/auth/login", self.login_page)
+        r.add_get("/auth/login/{provider}", self.start)
+        r.add_get("/auth/callback/{provider}", self.callback)
+        r.add_get(DEV_FORM_PATH, self.dev_form)
+        r.add_post(DEV_FORM_PATH, self.dev_submit)
+        r.add_get("/auth/logout", self.logout_page)
+        r.add_post("/auth/logout", self.logout)
+        r.add_get("/auth/host", self.host_ticket)
+
+    async def current(self, request: web.Request) -> Session | None:
+        sid = request.cookies.get(SESSION_COOKIE)
+        if not sid:
+            return None
+        return await self.auth.session(sid)
+
+    # --- pages -------------------------------------------------------------------------
+    async def login_page(self, request: web.Request) -> web.Response:
+        nxt = self.next_url(request.query.get("next"))
+        providers = self.auth.providers
+        if not providers:
+            return page("Sign in", "<p>No sign-in provider is configured on this gateway.</p>", 503)
+        session = await self.current(request)
+        items = []
+        if session is not None:
+            items.append(
+                f'<p>You are signed in as <b>{escape(session.principal.login)}</b>.'
+                f' <a href="{escape(nxt)}">Continue</a></p>'
+            )
+        for name, provider in providers.items():
+            href = f"/auth/login/{quote(name)}?{urlencode({'next': nxt})}"
+            items.append(f'<a class="button" href="{escape(href)}">Continue with {escape(provider.display_name)}</a>')
+        return page("Sign in", "\n".join(items))
+
+    def failure(self, message: str, status: int, nxt: str = "") -> web.Response:
+        again = "/auth/login" + (f"?{urlencode({'next': nxt})}" if nxt else "")
+        body = (
+            f'<p>{escape(message)}</p><p><a href="{escape(again)}">Try signing in again</a> · <a href="/">Home</a></p>'
+        )
+        return page("Sign-in failed", body, status)
+
+    async def start(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        provider = self.auth.providers.get(name)
+        if provider is None:
+            return page("Not found", "<p>There is no such sign-in provider.</p>", 404)
+        nxt = self.next_url(request.query.get("next"))
+        try:
+            await self._setup(provider)
+        except ProviderError as e:
+            return self.failure(f"{provider.display_name} is not reachable: {e.message}", 502, nxt)
+        binding = request.cookies.get(FLOW_COOKIE, "")
+        if not 32 <= len(binding) <= 64 or not binding.replace("-", "").replace("_", "").isalnum():
+            binding = secrets.token_urlsafe(32)
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        nonce = secrets.token_urlsafe(24)
+        record = {"provider": name, "verifier": verifier, "nonce": nonce, "next": nxt, "binding": digest(binding)}
+        try:
+            await self.auth.kv.set("flow:" + digest(state), record, FLOW_TTL)
+        except StoreError:
+            return self.failure("Sign-in is unavailable for a moment.", 503, nxt)
+        url = await provider.authorize_url(
+            self.redirect_uri(name), state, create_s256_code_challenge(verifier), nonce
+        )
+        response = redirect(url)
+        set_cookie(response, FLOW_COOKIE, binding, FLOW_TTL)
+        return response
+
+    def redirect_uri(self, provider: str) -> str:
+        return f"{self.base}/auth/callback/{quote(provider)}"
+
+    async def _setup(self, provider: Provider) -> None:
+        if getattr(provider, "_wsgate_ready", False):
+            return
+        await provider.setup()
+        provider._wsgate_ready = True  # type: ignore[attr-defined]
+
+    async def callback(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        provider = self.auth.providers.get(name)
+        if provider is None:
+            return page("Not found", "<p>There is no such sign-in provider.</p>", 404)
+        q = request.query
+        state = q.get("state", "")
+        record = await self.auth.kv.take("flow:" + digest(state)) if 0 < len(state) <= 128 else None
+        if record is None:
+            return self.failure("This sign-in has expired or was already used. Please start again.", 400)
+        nxt = str(record.get("next", "/"))
+        binding = request.cookies.get(FLOW_COOKIE, "")
+        if not binding or not hmac.compare_digest(digest(binding), str(record.get("binding", ""))):
+            event(log, logging.WARNING, "sign-in refused: flow cookie missing or not this browser's", provider=name)
+            return self.failure(
+                "This sign-in was started in another browser or its cookie is missing. Please start again.", 400, nxt
+            )
+        if record.get("provider") != name:
+            return self.failure("This sign-in was started with another provider. Please start again.", 400, nxt)
+        if "error" in q:
+            err = q.get("error", "")
+            message = (
+                f"You declined to sign in with {provider.display_name}."
+                if err == "access_denied"
+                else f"{provider.display_name} could not sign you in."
+            )
+            return self.failure(message, 403 if err == "access_denied" else 502, nxt)
+        code = q.get("code", "")
+        if not code or len(code) > 2048:
+            return self.failure(f"{provider.display_name} sent no authorization code.", 400, nxt)
+        try:
+            await self._setup(provider)
+            tokens = await provider.redeem(code, self.redirect_uri(name), str(record["verifier"]), str(record["nonce"]))
+            principal = await provider.load_user(tokens)
+        except ProviderError as e:
+            status = {"unavailable": 502, "denied": 403, "forbidden": 403}.get(e.kind, 400)
+            event(log, logging.WARNING, "sign-in failed", provider=name, kind=e.kind, reason=e.message)
+            return self.failure(e.message, status, nxt)
+        if not self.auth.may_sign_in(principal):
+            event(log, logging.WARNING, "sign-in refused: not in an allowed group", identity=principal.identity)
+            return self.failure("Your account is not a member of a group allowed to use this gateway.", 403)
+        sid, _ = await self.auth.sign_in(principal, tokens, request.cookies.get(SESSION_COOKIE, ""))
+        event(log, logging.INFO, "signed in", identity=principal.identity, login=principal.login)
+        response = redirect(nxt, 303)
+        set_cookie(response, SESSION_COOKIE, sid, self.auth.sessions.lifetime)
+        clear_cookie(response, FLOW_COOKIE)
+        return response
+
+    async def dev_form(self, request: web.Request) -> web.Response:
+        if "dev" not in self.auth.providers:
+            return page("Not found", "<p>Development sign-in is off.</p>", 404)
+        state = request.query.get("state", "")
+        body = (
+            '<p class="muted">Development sign-in: pick any user name. Never enabled in production.</p>'
+            f'<form method="post" action="{DEV_FORM_PATH}">'
+            f'<input type="hidden" name="state" value="{escape(state)}">'
+            '<label>User name <input name="login" autocomplete="username" required pattern="[a-zA-Z0-9-]{1,39}"'
+            ' autofocus></label><button type="submit">Sign in</button></form>'
+        )
+        return page("Sign in", body)
+
+    async def dev_submit(self, request: web.Request) -> web.Response:
+        if "dev" not in self.auth.providers:
+            return page("Not found", "<p>Development sign-in is off.</p>", 404)
+        form = await request.post()
+        state, login = str(form.get("state", "")), str(form.get("login", ""))
+        return redirect("/auth/callback/dev?" + urlencode({"code": login, "state": state}), 303)
+
+    async def logout_page(self, request: web.Request) -> web.Response:
+        session = await self.current(request)
+        if session is None:
+            return page("Signed out", '<p>You are not signed in.</p><p><a href="/auth/login">Sign in</a></p>')
+        return page("Sign out", logout_form(session))
+
+    async def logout(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        session = await self.current(request)
+        if session is not None:
+            token = str(form.get("csrf", ""))
+            if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
+                event(log, logging.WARNING, "logout refused: CSRF token missing or wrong")
+                return page("Sign out", "<p>This sign-out request did not come from this site.</p>", 403)
+            await self.auth.sessions.end(session.key)
+            event(log, logging.INFO, "signed out", identity=session.principal.identity)
+        response = page("Signed out", '<p>You are signed out everywhere.</p><p><a href="/auth/login">Sign in</a></p>')
+        clear_cookie(response, SESSION_COOKIE)
+        return response
+
+    async def host_ticket(self, request: web.Request) -> web.Response:
+        """Mints a ticket for one workspace (or admin-routed) host after checking the policy."""
+        nxt = self.next_url(request.query.get("next"))
+        parts = urlsplit(nxt)
+        host = parts.hostname or ""
+        if host == self.domain:
+            return redirect(nxt)
+        session = await self.current(request)
+        if session is None:
+            here = "/auth/host?" + urlencode({"next": nxt})
+            return redirect("/auth/login?" + urlencode({"next": self.base + here}))
+        route = self.gw.router.match(host.encode())
+        if isinstance(route, int) or route.upstream is NOWHERE or not self.allowed(route, session.principal):
+            return not_found_page()
+        path = safe_path((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        ticket = await self.auth.tickets.mint(host, session.key, path)
+        return redirect(f"{parts.scheme}://{parts.netloc}/.wsgate/auth?{urlencode({'ticket': ticket})}")
+
+    def allowed(self, route: Any, principal: Principal) -> bool:
+        return self.auth.policy.allows(route.access, principal)
+
+
+def not_found_page() -> web.Response:
+    return page("404 Not Found", "<p>There is nothing at this address.</p>", 404)
+
+
+def logout_form(session: Session) -> str:
+    return (
+        '<form method="post" action="/auth/logout">'
+        f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+        f'<button type="submit">Sign out {escape(session.principal.login)}</button></form>'
+    )
