@@ -27,7 +27,7 @@ from gateway import http1
 from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer
 from gateway.http1 import BadRequest, Headers
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
-from routing.table import MAIN, NOWHERE, Route, Upstream
+from routing.table import INTERNAL, MAIN, NOWHERE, Route, Upstream
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
@@ -1036,7 +1036,8 @@ class UpstreamConnection(asyncio.Protocol):
             no_body=self.head_only,
             client_minor=ex.minor,
             close=close,
-            drop_cookie=gw.cookie_prefix,
+            # The gateway's own app is the one upstream that sets gateway cookies.
+            drop_cookie=None if self.key is INTERNAL else gw.cookie_prefix,
         )
         ex.resp_framing = framing
         self.chunked_out = out_framing == "chunked"

