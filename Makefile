@@ -27,7 +27,7 @@ else
 endif
 
 run: $(STAMP)
-	$(BIN)/wsgate serve $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/wsgate serve --dev-login $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 from certs.errors import CertificateError
-from gateway.config import ConfigError, load_config
+from gateway.config import Config, ConfigError, check_semantics, load_config
 
 DESCRIPTION = """\
 wsgate: an authenticating TLS gateway for cloud developer workspaces.
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM. "
                            "SIGHUP re-reads the config file and the certificates without dropping connections.")
     serve.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: embedded defaults)")
+    serve.add_argument("--dev-login", action="store_true",
+                       help="turn on the development sign-in (pick any user name); refused unless listening on "
+                       "loopback. Same as [auth] dev_login = true")
 
     config = sub.add_parser("config", help="work with config files", description="Work with config files.")
     csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -42,6 +46,24 @@ def _parser() -> argparse.ArgumentParser:
                          description="Print the local CA certificate's path and PEM. Add it to your browser's or "
                          "system's trust store to open the gateway without warnings.")
     ca.add_argument("--config", "-c", metavar="FILE", help="config file whose state_dir holds the CA")
+    tokens = sub.add_parser("tokens", help="personal access tokens",
+                            description="Create, list and revoke personal access tokens in the gateway's store "
+                            "(SQLite under state_dir, or Redis when redis_url is set). People manage their own "
+                            "tokens through /api/v1/tokens; this is the operator's view on the gateway host.")
+    tsub = tokens.add_subparsers(dest="tokens_command", metavar="SUBCOMMAND")
+    create = tsub.add_parser("create", help="create a token and print it once",
+                             description="Create a token for OWNER and print it; it is not shown again.")
+    create.add_argument("--owner", required=True, metavar="IDENTITY", help="whose token: '<provider>:<id>'")
+    create.add_argument("--name", required=True, help="what it is for, e.g. 'laptop IDE'")
+    create.add_argument("--scopes", default="workspace,api",
+                        help="comma-separated: workspace, api, admin (default: %(default)s)")
+    create.add_argument("--expires-days", type=float, default=90.0, help="lifetime in days (default: %(default)s)")
+    listing = tsub.add_parser("list", help="list tokens (never their secrets)", description="List tokens.")
+    listing.add_argument("--owner", metavar="IDENTITY", help="only this person's tokens")
+    revoke = tsub.add_parser("revoke", help="revoke a token by id", description="Revoke a token by its id.")
+    revoke.add_argument("id", metavar="ID")
+    for t in (create, listing, revoke):
+        t.add_argument("--config", "-c", metavar="FILE", help="config file (for state_dir and redis_url)")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -53,7 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.server import serve
 
-            return serve(load_config(args.config))
+            cfg = load_config(args.config)
+            if args.dev_login:
+                cfg = with_dev_login(cfg)
+            return serve(cfg)
+        if args.command == "tokens" and args.tokens_command:
+            import asyncio
+
+            from gateway.tokens_cli import run
+
+            return asyncio.run(run(args, load_config(args.config)))
         if args.command == "config" and args.config_command == "check":
             return _config_check(args.file)
         if args.command == "certs" and args.certs_command == "ca":
@@ -75,10 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"wsgate: {e}", file=sys.stderr)
         return 1
-    if args.command in ("config", "certs"):
+    if args.command in ("config", "certs", "tokens"):
         parser.parse_args([args.command, "--help"])
     parser.print_help()
     return 2
+
+
+def with_dev_login(cfg: Config) -> Config:
+    """The config with the dev sign-in on, validated again (it must listen on loopback)."""
+    auth = dataclasses.replace(cfg.auth, dev_login=True)
+    data = dataclasses.replace(cfg, auth=auth)
+    check_semantics(data, cfg.source + " (with --dev-login)")
+    return data
 
 
 def _config_check(path: str) -> int:

@@ -229,7 +229,7 @@ def load_config(path: str | Path | None) -> Config:
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     cfg: Config = _build(Config, data, source, "")
     cfg = dataclasses.replace(cfg, source=source)
-    _check_semantics(cfg, source)
+    check_semantics(cfg, source)
     return cfg
 
 
@@ -347,7 +347,7 @@ def _check_port(source: str, key: str, value: int, allow_zero: bool) -> None:
         raise _fail(source, key, f"a port number {low}-65535", value)
 
 
-def _check_semantics(cfg: Config, source: str) -> None:
+def check_semantics(cfg: Config, source: str) -> None:
     if not _is_hostname(cfg.domain) or cfg.domain != cfg.domain.lower() or "." not in cfg.domain:
         expected = "a lower-case DNS name with at least two labels, such as 'example.com'"
         raise _fail(source, "domain", expected, cfg.domain)
@@ -428,13 +428,13 @@ def _check_semantics(cfg: Config, source: str) -> None:
             ide.add(w.id)
         if not _check_upstream_url("http://" + w.upstream) or "/" in w.upstream:
             raise _fail(source, f"{key}.upstream", "a host:port address", w.upstream)
-        if not w.public and not _is_identity(w.owner):
+        if not w.public and not is_identity(w.owner):
             raise _fail(source, f"{key}.owner", "the creator's identity '<provider>:<id>' (or public = true)", w.owner)
     _check_listen_extra(cfg, source)
     _check_auth(cfg, source)
 
 
-def _is_identity(text: str) -> bool:
+def is_identity(text: str) -> bool:
     provider, sep, uid = text.partition(":")
     return bool(sep and _PROVIDER_NAME.fullmatch(provider) and uid and uid.isprintable() and " " not in uid)
 
@@ -517,7 +517,7 @@ def _check_auth(cfg: Config, source: str) -> None:
                 source, "auth.dev_login", "false unless listen.address is a loopback address", a.dev_login
             )
     for i, ident in enumerate(a.admins):
-        if not _is_identity(ident):
+        if not is_identity(ident):
             raise _fail(source, f"auth.admins[{i}]", "an identity '<provider>:<id>' such as 'github:583231'", ident)
     for key, value in (
         ("auth.session_idle_timeout", a.session_idle_timeout),
