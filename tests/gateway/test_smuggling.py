@@ -341,7 +341,8 @@ def converse(
 
 def workspaces(*ports: tuple[int, int]) -> str:
     return "".join(
-        f'\n[[workspaces]]\nid = "abc"\nport = {wport}\nupstream = "127.0.0.1:{up}"\npublic = true\n' for wport, up in ports
+        f'\n[[workspaces]]\nid = "abc"\nport = {wport}\nupstream = "127.0.0.1:{up}"\npublic = true\n'
+        for wport, up in ports
     )
 
 
