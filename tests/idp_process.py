@@ -205,7 +205,7 @@ async def sign_in_via_form(http: Any, url: str, login: str, stop_at: str, *, max
         async with http.request(method, url, data=data, allow_redirects=False) as resp:
             body = await resp.text()
             if resp.status in (301, 302, 303, 307, 308):
-                target = urljoin(url, resp.headers["Location"])
+                target = urljoin(url, str(resp.headers["Location"]))
                 if target.startswith(stop_at):
                     return target
                 method, data, url = "GET", None, target

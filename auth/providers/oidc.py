@@ -37,6 +37,7 @@ ASYMMETRIC_ALGS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+HTTP_SCHEMES = ("https://", "http://")  # http only makes sense on loopback; the config checks that
 MAX_BODY = 1 << 20  # discovery, JWKS, token and userinfo answers are small
 # Tokens a provider rejects (our request is at fault, or the person's code is stale);
 # `invalid_client` is missing on purpose: that is the operator's configuration.
@@ -123,7 +124,7 @@ class OIDCProvider(Provider):
         urls = {}
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             value = doc.get(key)
-            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            if not isinstance(value, str) or not value.startswith(HTTP_SCHEMES):
                 raise ProviderError("unavailable", f"The identity provider's discovery document has no {key}.")
             urls[key] = value
         userinfo = doc.get("userinfo_endpoint")
@@ -143,7 +144,7 @@ class OIDCProvider(Provider):
             authorization_endpoint=urls["authorization_endpoint"],
             token_endpoint=urls["token_endpoint"],
             jwks_uri=urls["jwks_uri"],
-            userinfo_endpoint=userinfo if isinstance(userinfo, str) else "",
+            userinfo_endpoint=userinfo if isinstance(userinfo, str) and userinfo.startswith(HTTP_SCHEMES) else "",
             token_auth_method=method,
             algorithms=allowed,
         )
@@ -287,7 +288,7 @@ class OIDCProvider(Provider):
             token.header,
             options={
                 "iss": {"essential": True, "value": self.issuer},
-                
+                "aud": {"essential": True, "value": self.client_id},
             },
             params={"nonce": nonce, "client_id": self.client_id, "access_token": access_token},
         )

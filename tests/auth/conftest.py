@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-# --- the real OIDC identity provider (tests/idp, see tests/idp_process.py) -----------------
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from idp_process import IdP, IdPUnavailable
+
+# --- the real OIDC identity provider (tests/idp, see tests/idp_process.py) -----------------
 
 
 @pytest.fixture
