@@ -113,8 +113,11 @@ class AuthService:
         s = await self.sessions.from_grant(grant, host)
         return await self.fresh(s) if s is not None else None
 
-    async def fresh(self, s: Session) -> Session:
-        """The session with group membership no older than the TTL (empty when it cannot be refreshed)."""
+    async def fresh(self, s: Session) -> Session | None:
+        """The session with group membership no older than the TTL (empty when it cannot be refreshed).
+
+        None when the refresh shows the person may no longer sign in at all (allowed_groups).
+        """
         if now() - s.groups_checked <= self.settings.membership_ttl:
             return s
         p = s.principal
@@ -129,6 +132,11 @@ class AuthService:
                 log.warning("membership refresh failed for %s: %s", p.identity, e.message)
                 return replace(s, principal=replace(p, groups=frozenset()))
         s = replace(s, principal=replace(p, groups=groups), groups_checked=now())
+        if not self.may_sign_in(s.principal):
+            # Removed from every group allowed to sign in: the session ends with the membership.
+            log.warning("session ended for %s: no longer in an allowed group", p.identity)
+            await self.sessions.end(s.key)
+            return None
         await self.sessions.save(s)
         await self._remember(s.principal, s.groups_checked)
         return s

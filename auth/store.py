@@ -53,6 +53,7 @@ class KV:
                 namespace="wsgate:",
                 serializer=JsonSerializer(),
                 create_connection_timeout=2.0,
+                ssl=parts.scheme == "rediss",
                 timeout=5,
             )
         else:

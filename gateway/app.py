@@ -7,19 +7,23 @@ proxy from the real connection.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from html import escape
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from auth.service import SESSION_COOKIE
+from auth.service import SESSION_COOKIE, StoreError
 from gateway.api import API
-from gateway.signin import SignIn, logout_form
+from gateway.logs import event
+from gateway.signin import SignIn, logout_form, page
 from routing.table import normalise_host
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
+
+log = logging.getLogger("wsgate.app")
 
 GATEWAY_KEY = web.AppKey("gateway", object)
 
@@ -55,6 +59,21 @@ async def security_headers(
     return response
 
 
+@web.middleware
+async def store_unavailable(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The state store (Redis) out of reach: a 503 that says so, as the workspace hosts answer, not a 500."""
+    try:
+        return await handler(request)
+    except StoreError as e:
+        event(log, logging.ERROR, "state store unavailable", error=str(e))
+        message = "Sign-in is unavailable for a moment; try again shortly."
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": message}, status=503, headers={"Cache-Control": "no-store"})
+        return page("Unavailable", f"<p>{message}</p>", 503)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the worker's loop answers."""
     return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -87,7 +106,7 @@ async def home(request: web.Request) -> web.Response:
 
 
 def build_app(gw: Gateway) -> web.Application:
-    app = web.Application(middlewares=[security_headers], client_max_size=1 << 20)
+    app = web.Application(middlewares=[security_headers, store_unavailable], client_max_size=1 << 20)
     app[GATEWAY_KEY] = gw
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -106,7 +125,7 @@ def build_redirect_app(gw: Gateway) -> web.Application:
         host = normalise_host(request.headers.get("Host", "")) or ""
         if not gw.router.is_gateway_host(host):
             host = gw.config.domain
-        port = gw.config.listen.port
+        port = gw.config.public_port
         authority = host if port == 443 else f"{host}:{port}"
         raise web.HTTPPermanentRedirect(f"https://{authority}{request.rel_url}")
 

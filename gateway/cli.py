@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 
 from certs.errors import CertificateError
-from gateway.config import Config, ConfigError, check_semantics, load_config
+from gateway.config import ConfigError, load_config, with_dev_login
 
 DESCRIPTION = """\
 wsgate: an authenticating TLS gateway for cloud developer workspaces.
@@ -110,14 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args([args.command, "--help"])
     parser.print_help()
     return 2
-
-
-def with_dev_login(cfg: Config) -> Config:
-    """The config with the dev sign-in on, validated again (it must listen on loopback)."""
-    auth = dataclasses.replace(cfg.auth, dev_login=True)
-    data = dataclasses.replace(cfg, auth=auth)
-    check_semantics(data, cfg.source + " (with --dev-login)")
-    return data
 
 
 def _config_check(path: str) -> int:

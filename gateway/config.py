@@ -209,6 +209,13 @@ class Config:
         return "ws." + self.domain
 
 
+def with_dev_login(cfg: Config) -> Config:
+    """The config with the dev sign-in on (`serve --dev-login`), validated again: it must listen on loopback."""
+    data = dataclasses.replace(cfg, auth=dataclasses.replace(cfg.auth, dev_login=True))
+    check_semantics(data, cfg.source + " (with --dev-login)")
+    return data
+
+
 def load_config(path: str | Path | None) -> Config:
     """Read and validate a TOML file; None gives the embedded defaults."""
     if path is None:

@@ -150,6 +150,8 @@ class Guard:
         if session is None:
             return invalid
         session = await auth.fresh(session)
+        if session is None:
+            return invalid
         if not auth.policy.allows(route.access, session.principal):
             return _not_found()
         grant = await auth.sessions.grant(session, route.host)

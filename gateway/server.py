@@ -23,7 +23,7 @@ import uvloop
 from aiohttp import web
 
 from certs.tls import CertPair, TLSManager, local_ca_manager
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, with_dev_login
 from gateway.logs import event, setup_logging
 from gateway.metrics import merge, render
 from gateway.wiring import prepare_auth_state
@@ -77,12 +77,12 @@ async def _start_metrics(config: Config, snapshot: Any) -> web.AppRunner | None:
 
 
 def announce(config: Config, sock: socket.socket, tls: TLSManager) -> None:
-    port = sock.getsockname()[1]
+    port = config.listen.public_port or sock.getsockname()[1]
     authority = config.domain if port == 443 else f"{config.domain}:{port}"
     fields: dict[str, Any] = {
         "url": f"https://{authority}/",
         "workspaces": f"https://<port>-<workspace>.ws.{authority}/",
-        "listen": f"{config.listen.address}:{port}",
+        "listen": f"{config.listen.address}:{sock.getsockname()[1]}",
         "workers": config.worker_count,
         "config": config.source,
         "certificates": tls.describe(),
@@ -117,7 +117,11 @@ async def run_worker(
         async def go() -> None:
             if config.source != "<embedded defaults>":
                 try:
-                    gw.apply_config(load_config(config.source))
+                    new = load_config(config.source)
+                    if config.auth.dev_login and not new.auth.dev_login:
+                        # Providers change only on restart; the dev sign-in stays as started (--dev-login).
+                        new = with_dev_login(new)
+                    gw.apply_config(new)
                 except ConfigError as e:
                     event(log, logging.ERROR, "config reload refused; keeping the running config", error=str(e))
                     return

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from wsgate_testing import DOMAIN, REPO, AiohttpUpstream, Gateway
 
-from gateway.cli import with_dev_login
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, load_config, with_dev_login
 
 GITHUB = '[[auth.providers]]\nname = "github"\ntype = "github"\nclient_id = "id"\nclient_secret = "s"\n'
 
