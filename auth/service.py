@@ -30,6 +30,9 @@ log = logging.getLogger("wsgate.auth")
 SESSION_COOKIE = "__Host-wsgate-session"
 FLOW_COOKIE = "__Host-wsgate-flow"
 HOST_COOKIE = "__Host-wsgate-host"
+# On a workspace host while its sign-in is under way: binds the ticket to this browser.
+HANDOFF_COOKIE = "__Host-wsgate-hflow"
+HANDOFF_TTL = 600.0
 
 
 @dataclass(frozen=True, slots=True)

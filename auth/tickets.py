@@ -26,6 +26,8 @@ class Ticket:
     host: str
     session_key: str
     path: str
+    # SHA-256 of the nonce in the browser's `__Host-wsgate-hflow` cookie on `host`.
+    bind: str
 
 
 class Tickets:
@@ -38,9 +40,9 @@ class Tickets:
         mac = hmac.new(self._key, f"ticket\0{tid}\0{host}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
-    async def mint(self, host: str, session_key: str, path: str) -> str:
+    async def mint(self, host: str, session_key: str, path: str, bind: str = "") -> str:
         tid = secrets.token_urlsafe(16)
-        record = {"host": host, "session": session_key, "path": path, "exp": now() + self.ttl}
+        record = {"host": host, "session": session_key, "path": path, "bind": bind, "exp": now() + self.ttl}
         await self.kv.set("ticket:" + digest(tid), record, self.ttl)
         return f"{tid}.{self._mac(tid, host)}"
 
@@ -54,4 +56,4 @@ class Tickets:
         record = await self.kv.take("ticket:" + digest(tid))
         if record is None or record.get("host") != host or float(record.get("exp", 0)) < now():
             return None
-        return Ticket(host, str(record.get("session", "")), str(record.get("path", "/")))
+        return Ticket(host, str(record.get("session", "")), str(record.get("path", "/")), str(record.get("bind", "")))

@@ -21,6 +21,7 @@ from auth.service import SESSION_COOKIE
 from auth.sessions import Session
 from auth.tokens import DEFAULT_SCOPES, TokenError
 from gateway.logs import event
+from gateway.signin import gateway_cookie
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
@@ -70,7 +71,7 @@ class API:
             if found is None:
                 return error(401, "the token is invalid, expired, revoked or lacks the 'api' scope")
             return Caller(found[1], None)
-        sid = request.cookies.get(SESSION_COOKIE)
+        sid = gateway_cookie(request, SESSION_COOKIE)
         session = await auth.session(sid) if sid else None
         if session is None:
             return error(401, "sign in or send a token")

@@ -17,7 +17,7 @@ from aiohttp import web
 from auth.service import SESSION_COOKIE, StoreError
 from gateway.api import API
 from gateway.logs import event
-from gateway.signin import SignIn, logout_form, page
+from gateway.signin import SignIn, gateway_cookie, logout_form, page
 from routing.table import normalise_host
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ async def home(request: web.Request) -> web.Response:
     gw = _gateway(request)
     status = ""
     if gw.auth.enabled:
-        sid = request.cookies.get(SESSION_COOKIE)
+        sid = gateway_cookie(request, SESSION_COOKIE)
         session = await gw.auth.session(sid) if sid else None
         if session is None:
             status = '<p><a href="/auth/login">Sign in</a></p>'

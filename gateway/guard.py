@@ -15,7 +15,9 @@ ports, admin-routed services) is checked here before a byte goes upstream:
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, quote, urlsplit
@@ -23,8 +25,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 from auth.policy import PUBLIC
 from auth.principal import Principal
 from auth.redirects import safe_path
-from auth.service import HOST_COOKIE, AuthService
-from auth.store import StoreError
+from auth.service import HANDOFF_COOKIE, HANDOFF_TTL, HOST_COOKIE, AuthService
+from auth.store import StoreError, digest
 from auth.store import now as _now
 from auth.tokens import PREFIX as TOKEN_PREFIX
 from gateway import http1
@@ -38,6 +40,7 @@ log = logging.getLogger("wsgate.guard")
 NOT_FOUND_MESSAGE: Final = "There is nothing at this address."
 TOKEN_PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
 _HOST_COOKIE: Final = HOST_COOKIE.encode()
+_HANDOFF_COOKIE: Final = HANDOFF_COOKIE.encode()
 
 
 @dataclass(slots=True)
@@ -119,8 +122,17 @@ class Guard:
         if ex.method not in (b"GET", b"HEAD") or ex.upgrade is not None:
             return Answer(401, "Sign in to use this address.", [(b"WWW-Authenticate", b'Bearer realm="wsgate"')])
         here = self.origin_of(route.host) + safe_path(ex.target.decode("latin-1"))
-        location = f"https://{self.domain}{self.port_suffix}/auth/host?next={quote(here, safe='')}"
-        return Answer(302, "Sign in to continue.", [(b"Location", location.encode())])
+        # The ticket that comes back must be redeemed by this browser: it carries the hash of a
+        # nonce that only this browser holds, in a cookie of this host (no ticket can be pushed
+        # into someone else's browser to sign them in as the attacker).
+        nonce = secrets.token_urlsafe(24)
+        location = (
+            f"https://{self.domain}{self.port_suffix}/auth/host?next={quote(here, safe='')}&bind={digest(nonce)}"
+        )
+        cookie = f"{HANDOFF_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={int(HANDOFF_TTL)}"
+        return Answer(
+            302, "Sign in to continue.", [(b"Location", location.encode()), (b"Set-Cookie", cookie.encode())]
+        )
 
     def _origin_ok(self, ex: Exchange, host: str) -> bool:
         origin = None
@@ -146,6 +158,10 @@ class Guard:
         ticket = await auth.tickets.redeem(tickets[0], route.host)
         if ticket is None:
             return invalid
+        nonce = http1.cookie_value(ex.headers, _HANDOFF_COOKIE)
+        if nonce is None or not hmac.compare_digest(digest(nonce.decode("ascii")), ticket.bind):
+            log.warning("ticket refused: not redeemed by the browser that asked for it")
+            return invalid
         session = await auth.sessions.get_by_key(ticket.session_key)
         if session is None:
             return invalid
@@ -163,6 +179,7 @@ class Guard:
             [
                 (b"Location", safe_path(ticket.path).encode()),
                 (b"Set-Cookie", cookie.encode()),
+                (b"Set-Cookie", f"{HANDOFF_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0".encode()),
                 (b"Referrer-Policy", b"no-referrer"),
             ],
         )
@@ -171,10 +188,9 @@ class Guard:
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if len(name) == 13 and name.lower() == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            token = token.strip()
-            if scheme.lower() == b"bearer" and token.startswith(TOKEN_PREFIX_BYTES):
-                return token.decode("ascii", "replace")
+            parts = value.split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == b"bearer" and parts[1].strip().startswith(TOKEN_PREFIX_BYTES):
+                return parts[1].strip().decode("ascii", "replace")
     return None
 
 

@@ -9,6 +9,7 @@ request checks the parser is lenient about.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -169,7 +170,9 @@ def request_head(
     listed: frozenset[bytes] = frozenset()
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
-            listed = listed | (connection_tokens(value) - _CONNECTION_OPTIONS - _FRAMING)
+            # Nor may it remove the identity headers the gateway adds for an upstream.
+            tokens = connection_tokens(value) - _CONNECTION_OPTIONS - _FRAMING
+            listed = listed | {t for t in tokens if not is_identity_header(t)}
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     xff = xfp = xfh = fwd = b""
     for name, value in headers:
@@ -426,15 +429,39 @@ def _cookie_name(pair: bytes) -> bytes:
     return name
 
 
-def cookie_value(headers: Headers, name: bytes) -> bytes | None:
-    """The value of cookie `name` (exact, case-sensitive) from the request's Cookie headers."""
+def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the gateway cookie `name` (exact, case-sensitive), read strictly.
+
+    Pairs are split on `;` only (never on whitespace, as lenient parsers do), so a
+    value such as `foo=x __Host-wsgate-session=...` that another host tossed in is
+    just a value of `foo`. A name sent twice means a cookie was planted beside
+    ours (by a parent-domain or path-scoped cookie), so neither counts.
+    """
+    found: bytes | None = None
     for hname, value in headers:
         if len(hname) == 6 and hname.lower() == b"cookie":
             for pair in value.split(b";"):
                 k, sep, v = pair.strip(b" \t").partition(b"=")
-                if sep and k == name:
-                    return v.strip(b'"')
-    return None
+                if sep and k.strip() == name:
+                    if found is not None:
+                        return None
+                    found = v
+    if found is None or not found or any(c <= 32 or c >= 127 or c in b'",\\' for c in found):
+        return None
+    return found
+
+
+def _carries_token(value: bytes, token_prefix: bytes) -> bool:
+    """Any Authorization that holds a gateway token, in whatever scheme or spacing (Basic included)."""
+    if token_prefix in value:
+        return True
+    parts = value.split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == b"basic":
+        try:
+            return token_prefix in base64.b64decode(parts[1].strip(), validate=False)
+        except ValueError:
+            return False
+    return False
 
 
 def scrub(headers: Headers, cookie_prefix: bytes, token_prefix: bytes, *, keep_credentials: bool = False) -> Headers:
@@ -450,10 +477,8 @@ def scrub(headers: Headers, cookie_prefix: bytes, token_prefix: bytes, *, keep_c
                 value = strip_cookies(value, cookie_prefix)
                 if not value:
                     continue
-            elif n == 13 and name.lower() == b"authorization":
-                scheme, _, token = value.strip().partition(b" ")
-                if scheme.lower() == b"bearer" and token.strip().startswith(token_prefix):
-                    continue
+            elif n == 13 and name.lower() == b"authorization" and _carries_token(value, token_prefix):
+                continue
         if n > 6 and is_identity_header(name):
             continue
         out.append((name, value))

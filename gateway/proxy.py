@@ -288,6 +288,14 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.reading
         assert ex is not None
+        if self.in_body:
+            # A chunked body's trailer fields: never forwarded (the body is re-chunked without
+            # them) and never read as headers, or they would dodge every check made on the head.
+            ex.head_size += len(name) + len(value) + 4
+            if ex.head_size > self.gw.max_header_bytes:
+                self.header_error = BadRequest(431, "request trailer too large")
+                raise self.header_error
+            return
         ex.headers.append((name, value))
         ex.head_size += len(name) + len(value) + 4
         gw = self.gw

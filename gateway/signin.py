@@ -25,6 +25,7 @@ from auth.redirects import safe_next, safe_path
 from auth.service import FLOW_COOKIE, SESSION_COOKIE, AuthService
 from auth.sessions import Session
 from auth.store import StoreError, digest
+from gateway.http1 import cookie_value
 from gateway.logs import event
 from routing.table import NOWHERE
 
@@ -61,6 +62,13 @@ def page(title: str, body: str, status: int = 200, headers: dict[str, str] | Non
         content_type="text/html",
         headers={**PAGE_HEADERS, **(headers or {})},
     )
+
+
+def gateway_cookie(request: web.Request, name: str) -> str:
+    """A gateway cookie read strictly (see http1.cookie_value); "" when absent, doubled or malformed."""
+    raw = [(b"Cookie", v.encode("latin-1")) for v in request.headers.getall("Cookie", [])]
+    value = cookie_value(raw, name.encode())
+    return value.decode("ascii") if value is not None else ""
 
 
 def redirect(location: str, status: int = 302) -> web.Response:
@@ -106,7 +114,7 @@ class SignIn:
         r.add_get("/auth/host", self.host_ticket)
 
     async def current(self, request: web.Request) -> Session | None:
-        sid = request.cookies.get(SESSION_COOKIE)
+        sid = gateway_cookie(request, SESSION_COOKIE)
         if not sid:
             return None
         return await self.auth.session(sid)
@@ -146,7 +154,7 @@ class SignIn:
             await self._setup(provider)
         except ProviderError as e:
             return self.failure(f"{provider.display_name} is not reachable: {e.message}", 502, nxt)
-        binding = request.cookies.get(FLOW_COOKIE, "")
+        binding = gateway_cookie(request, FLOW_COOKIE)
         if not 32 <= len(binding) <= 64 or not binding.replace("-", "").replace("_", "").isalnum():
             binding = secrets.token_urlsafe(32)
         state = secrets.token_urlsafe(32)
@@ -184,7 +192,7 @@ class SignIn:
         if record is None:
             return self.failure("This sign-in has expired or was already used. Please start again.", 400)
         nxt = str(record.get("next", "/"))
-        binding = request.cookies.get(FLOW_COOKIE, "")
+        binding = gateway_cookie(request, FLOW_COOKIE)
         if not binding or not hmac.compare_digest(digest(binding), str(record.get("binding", ""))):
             event(log, logging.WARNING, "sign-in refused: flow cookie missing or not this browser's", provider=name)
             return self.failure(
@@ -214,7 +222,7 @@ class SignIn:
         if not self.auth.may_sign_in(principal):
             event(log, logging.WARNING, "sign-in refused: not in an allowed group", identity=principal.identity)
             return self.failure("Your account is not a member of a group allowed to use this gateway.", 403)
-        sid, _ = await self.auth.sign_in(principal, tokens, request.cookies.get(SESSION_COOKIE, ""))
+        sid, _ = await self.auth.sign_in(principal, tokens, gateway_cookie(request, SESSION_COOKIE))
         event(log, logging.INFO, "signed in", identity=principal.identity, login=principal.login)
         response = redirect(nxt, 303)
         set_cookie(response, SESSION_COOKIE, sid, self.auth.sessions.lifetime)
@@ -270,13 +278,17 @@ class SignIn:
             return redirect(nxt)
         session = await self.current(request)
         if session is None:
-            here = "/auth/host?" + urlencode({"next": nxt})
+            here = "/auth/host?" + urlencode({"next": nxt, "bind": request.query.get("bind", "")[:64]})
             return redirect("/auth/login?" + urlencode({"next": self.base + here}))
         route = self.gw.router.match(host.encode())
         if isinstance(route, int) or route.upstream is NOWHERE or not self.allowed(route, session.principal):
             return not_found_page()
+        bind = request.query.get("bind", "")
+        if len(bind) != 64 or not all(c in "0123456789abcdef" for c in bind):
+            # Not started by the host itself: let it start the handoff (it sets the binding cookie).
+            return redirect(nxt)
         path = safe_path((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
-        ticket = await self.auth.tickets.mint(host, session.key, path)
+        ticket = await self.auth.tickets.mint(host, session.key, path, bind)
         return redirect(f"{parts.scheme}://{parts.netloc}/.wsgate/auth?{urlencode({'ticket': ticket})}")
 
     def allowed(self, route: Any, principal: Principal) -> bool:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import pytest
-from signin_client import Browser, dev_sign_in
+from signin_client import Browser, Visit, dev_sign_in
 from wsgate_testing import DOMAIN, AiohttpUpstream, Gateway
 from yarl import URL
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 ALICE_WS = "8080-abc"
 PUBLIC_WS = "9090-abc"
+PRIVATE_MALLORY = "8080-mallorys"
 
 
 def config(upstream: int, extra: str = "") -> str:
@@ -42,6 +43,17 @@ id = "abc"
 port = 9090
 upstream = "127.0.0.1:{upstream}"
 public = true
+
+[[routes]]
+host = "team.{DOMAIN}"
+upstream = "http://127.0.0.1:{upstream}"
+access = "authenticated"
+
+[[workspaces]]
+id = "mallorys"
+port = 8080
+upstream = "127.0.0.1:{upstream}"
+owner = "dev:mallory"
 
 [[workspaces]]
 id = "bobs"
@@ -182,9 +194,13 @@ async def test_anonymous_requests_to_existing_and_missing_hosts_look_the_same(gw
         real = await b.go(ws_url(gw, ALICE_WS, "/x"), follow=False)
         fake = await b.go(ws_url(gw, "8080-nope", "/x"), follow=False)
         assert real.status == fake.status == 302
-        assert real.last.headers["Location"].replace(ALICE_WS, "L") == fake.last.headers["Location"].replace(
-            "8080-nope", "L"
-        )
+
+        def shape(visit: Visit, label: str) -> tuple[str, str]:
+            location = re.sub(r"bind=[0-9a-f]{64}", "bind=B", visit.last.headers["Location"].replace(label, "L"))
+            cookie = re.sub(r"=[^;]+;", "=V;", visit.last.headers["Set-Cookie"], count=1)
+            return location, cookie
+
+        assert shape(real, ALICE_WS) == shape(fake, "8080-nope")
         post_real = await b.go(ws_url(gw, ALICE_WS, "/x"), "POST", data=b"x", follow=False)
         post_fake = await b.go(ws_url(gw, "8080-nope", "/x"), "POST", data=b"x", follow=False)
         assert post_real.status == post_fake.status == 401
@@ -196,22 +212,43 @@ async def test_public_port_needs_no_sign_in(gw: Gateway) -> None:
         assert visit.status == 200 and echoed(visit.text)["path"] == "/open"
 
 
+async def mint_ticket(b: Browser, gw: Gateway, label: str, path: str) -> str:
+    """What a browser gets when it asks for a ticket: the /.wsgate/auth URL (not followed)."""
+    start = await b.go(ws_url(gw, label, path), follow=False)
+    assert start.status == 302
+    hop = await b.go(start.last.headers["Location"], follow=False)
+    assert hop.status == 302 and "/.wsgate/auth?ticket=" in hop.last.headers["Location"], hop.urls()
+    return str(hop.last.headers["Location"])
+
+
 async def test_ticket_is_single_use_and_bound_to_its_host(gw: Gateway) -> None:
     b, _ = await signed_in(gw, "alice")
     async with b:
-        hop = await b.go(main_url(gw, "/auth/host?next=" + quote(ws_url(gw, ALICE_WS, "/p"), safe="")), follow=False)
-        assert hop.status == 302
-        ticket_url = hop.last.headers["Location"]
+        b.jar.clear_domain(f"{ALICE_WS}.ws.{DOMAIN}")
+        ticket_url = await mint_ticket(b, gw, ALICE_WS, "/p")
         ticket = parse_qs(urlsplit(ticket_url).query)["ticket"][0]
-        async with Browser(str(gw.ca)) as other:
-            # Shown to another host (even one alice owns), the ticket is refused.
-            wrong = await other.go(ws_url(gw, "abc", "/.wsgate/auth?ticket=" + quote(ticket)), follow=False)
-            assert wrong.status == 400
-            first = await other.go(ticket_url, follow=False)
-            assert first.status == 303 and first.last.headers["Location"] == "/p"
-        async with Browser(str(gw.ca)) as replay:
-            again = await replay.go(ticket_url, follow=False)
-            assert again.status == 400 and "Set-Cookie" not in again.last.headers
+        # Shown to another host (even one alice owns), the ticket is refused.
+        wrong = await b.go(ws_url(gw, "abc", "/.wsgate/auth?ticket=" + quote(ticket)), follow=False)
+        assert wrong.status == 400
+        first = await b.go(ticket_url, follow=False)
+        assert first.status == 303 and first.last.headers["Location"] == "/p"
+        again = await b.go(ticket_url, follow=False)
+        assert again.status == 400 and "Set-Cookie" not in again.last.headers
+
+
+async def test_a_ticket_cannot_be_pushed_into_another_browser(gw: Gateway) -> None:
+    # Mallory mints a ticket with her session and sends the link to alice: redeeming it would
+    # sign alice in as mallory on that host. The ticket is bound to the browser that asked.
+    mallory, _ = await signed_in(gw, "mallory", "/")
+    async with mallory, Browser(str(gw.ca)) as victim:
+        ticket_url = await mint_ticket(mallory, gw, PRIVATE_MALLORY, "/")
+        pushed = await victim.go(ticket_url, follow=False)
+        assert pushed.status == 400 and "Set-Cookie" not in pushed.last.headers
+        # Asking /auth/host directly (no binding from the host) only sends you back to the host.
+        direct = await mallory.go(
+            main_url(gw, "/auth/host?next=" + quote(ws_url(gw, PRIVATE_MALLORY, "/"), safe="")), follow=False
+        )
+        assert direct.status == 302 and direct.last.headers["Location"] == ws_url(gw, PRIVATE_MALLORY, "/")
 
 
 async def test_logout_needs_csrf_token_and_ends_the_session_on_every_host(gw: Gateway) -> None:
@@ -354,3 +391,69 @@ async def test_callback_state_is_single_use_and_bound_to_the_browser(gw: Gateway
         # A made-up state finds nothing.
         bogus = await attacker.go(main_url(gw, "/auth/callback/dev?code=x&state=made-up"))
         assert bogus.status == 400 and "start again" in bogus.text.lower()
+
+
+async def test_trailer_fields_are_never_read_as_headers(gw: Gateway) -> None:
+    # A chunked body may end with trailer fields; they must not slip past the checks on the head.
+    mallory, _ = await signed_in(gw, "mallory", "/")
+    async with mallory:
+        await mallory.go(gw.url(f"team.{DOMAIN}", "/"))
+        grant = mallory.cookie("__Host-wsgate-host", f"team.{DOMAIN}") or next(
+            c.value for c in mallory.jar if c.key == "__Host-wsgate-host" and "team" in c["domain"]
+        )
+    cases = ((f"{PUBLIC_WS}.ws.{DOMAIN}", ""), (f"team.{DOMAIN}", f"Cookie: __Host-wsgate-host={grant}\r\n"))
+    for host, extra in cases:
+        request = (
+            f"POST /t HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n{extra}\r\n"
+            "5\r\nhello\r\n0\r\n"
+            f"Cookie: __Host-wsgate-host={grant}\r\nX-Wsgate-User: github:1\r\nX-Forwarded-User: admin\r\n\r\n"
+        ).encode()
+        raw = gw.raw(host, request)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), raw[:300]
+        seen = json.loads(body.split(b"\r\n", 1)[1].rsplit(b"\r\n0", 1)[0] if b"chunked" in head.lower() else body)
+        assert header_values(seen, "X-Forwarded-User") == []
+        assert "github:1" not in header_values(seen, "X-Wsgate-User")
+        assert "__Host-wsgate" not in json.dumps(seen["headers"])
+
+
+async def test_cookie_smuggled_into_another_cookies_value_is_not_a_session(gw: Gateway) -> None:
+    alice, _ = await signed_in(gw, "alice")
+    mallory, _ = await signed_in(gw, "mallory", "/")
+    async with alice, mallory:
+        a = alice.cookie("__Host-wsgate-session")
+        m = mallory.cookie("__Host-wsgate-session")
+        assert a and m
+        me = main_url(gw, "/api/v1/me")
+
+        async def who(cookie: str) -> int | str:
+            async with Browser(str(gw.ca)) as b:
+                visit = await b.go(me, headers={"Cookie": cookie})
+                return json.loads(visit.text)["login"] if visit.status == 200 else visit.status
+
+        assert await who(f"__Host-wsgate-session={a}") == "alice"
+        # A workspace can toss `foo=x __Host-wsgate-session=<mallory>` onto the parent domain:
+        # lenient parsers split on the space and let the last one win.
+        assert await who(f"__Host-wsgate-session={a}; foo=x __Host-wsgate-session={m}") == "alice"
+        # Two session cookies: one was planted beside ours, so neither is trusted.
+        assert await who(f"__Host-wsgate-session={a}; __Host-wsgate-session={m}") == 401
+        assert await who(f'__Host-wsgate-session="{a}"') == 401
+
+
+async def test_tokens_in_any_authorization_form_are_stripped_and_identity_headers_stay(gw: Gateway) -> None:
+    import base64
+
+    alice, _ = await signed_in(gw, "alice")
+    async with alice:
+        visit = await alice.go(gw.url(f"team.{DOMAIN}", "/echo"), headers={"Connection": "X-Wsgate-User, keep-alive"})
+        seen = echoed(visit.text)
+        # The client cannot make the gateway's identity header vanish by naming it in Connection.
+        assert header_values(seen, "X-Wsgate-User") == ["dev:alice"]
+    token = "wsg_" + "a" * 16 + "_" + "b" * 43
+    basic = base64.b64encode(f"x:{token}".encode()).decode()
+    async with Browser(str(gw.ca)) as b:
+        for value in (f"Bearer\t{token}", f"token {token}", f"Basic {basic}", f"bearer  {token}"):
+            visit = await b.go(ws_url(gw, PUBLIC_WS, "/echo"), headers={"Authorization": value}, follow=False)
+            assert visit.status == 200 and header_values(echoed(visit.text), "Authorization") == [], value
+        kept = await b.go(ws_url(gw, PUBLIC_WS, "/echo"), headers={"Authorization": "Bearer app-token"})
+        assert header_values(echoed(kept.text), "Authorization") == ["Bearer app-token"]
