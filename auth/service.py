@@ -96,16 +96,29 @@ class AuthService:
                 await self.sessions.end(old.key)
         sealed = self.seal_tokens(principal.identity, tokens) if tokens.access_token else ""
         sid, session = await self.sessions.create(principal, sealed)
-        await self._remember(principal, now())
+        await self._remember(principal, now(), sealed)
         return sid, session
 
-    async def _remember(self, principal: Principal, groups_checked: float) -> None:
-        # The latest known profile of each person, for requests made with their tokens.
+    async def _remember(self, principal: Principal, groups_checked: float, sealed: str) -> None:
+        # The latest known profile of each person (and their sealed provider tokens, to refresh
+        # it), for requests made with their personal access tokens.
         await self.kv.set(
             "user:" + principal.identity,
-            {"principal": principal_to_dict(principal), "groups_checked": groups_checked},
+            {"principal": principal_to_dict(principal), "groups_checked": groups_checked, "tokens": sealed},
             self.settings.lifetime,
         )
+
+    async def _load_groups(self, p: Principal, sealed: str) -> frozenset[str] | None:
+        """Fresh groups from the provider; None when it cannot tell (fail closed)."""
+        provider = self.providers.get(p.provider)
+        tokens = self.open_tokens(p.identity, sealed)
+        if provider is None or tokens is None:
+            return frozenset()
+        try:
+            return await provider.load_groups(tokens)
+        except ProviderError as e:
+            log.warning("membership refresh failed for %s: %s", p.identity, e.message)
+            return None
 
     # --- who is this ---------------------------------------------------------------------
     async def session(self, sid: str) -> Session | None:
@@ -124,16 +137,13 @@ class AuthService:
         if now() - s.groups_checked <= self.settings.membership_ttl:
             return s
         p = s.principal
-        provider = self.providers.get(p.provider)
-        tokens = self.open_tokens(p.identity, s.sealed_tokens)
-        groups: frozenset[str] = frozenset()
-        if provider is not None and tokens is not None:
-            try:
-                groups = await provider.load_groups(tokens)
-            except ProviderError as e:
-                # Fail closed: what the groups gave is withheld until the provider answers again.
-                log.warning("membership refresh failed for %s: %s", p.identity, e.message)
-                return replace(s, principal=replace(p, groups=frozenset()))
+        groups = await self._load_groups(p, s.sealed_tokens)
+        if groups is None:
+            if self.settings.allowed_groups.get(p.provider):
+                # Whether they may use the gateway at all is unknown: not until the provider answers.
+                return None
+            # Fail closed: what the groups gave is withheld until the provider answers again.
+            return replace(s, principal=replace(p, groups=frozenset()))
         s = replace(s, principal=replace(p, groups=groups), groups_checked=now())
         if not self.may_sign_in(s.principal):
             # Removed from every group allowed to sign in: the session ends with the membership.
@@ -141,7 +151,7 @@ class AuthService:
             await self.sessions.end(s.key)
             return None
         await self.sessions.save(s)
-        await self._remember(s.principal, s.groups_checked)
+        await self._remember(s.principal, s.groups_checked, s.sealed_tokens)
         return s
 
     async def token_principal(self, info: TokenInfo) -> Principal:
@@ -152,14 +162,22 @@ class AuthService:
             return Principal(provider, uid, "")
         p = principal_from_dict(data["principal"])
         if now() - float(data.get("groups_checked", 0)) > self.settings.membership_ttl:
-            p = replace(p, groups=frozenset())
+            sealed = str(data.get("tokens", ""))
+            groups = await self._load_groups(p, sealed)
+            p = replace(p, groups=groups or frozenset())
+            if groups is not None:
+                await self._remember(p, now(), sealed)
         return p
 
     async def bearer(self, token: str, scope: str) -> tuple[TokenInfo, Principal] | None:
         info = await self.tokens.verify(token)
         if info is None or scope not in info.scopes:
             return None
-        return info, await self.token_principal(info)
+        principal = await self.token_principal(info)
+        if not self.may_sign_in(principal):
+            # Tokens end with the membership that allowed their owner in (allowed_groups).
+            return None
+        return info, principal
 
     async def close(self) -> None:
         await self.kv.close()

@@ -30,7 +30,7 @@ from auth.store import StoreError, digest
 from auth.store import now as _now
 from auth.tokens import PREFIX as TOKEN_PREFIX
 from gateway import http1
-from routing.table import RULE, Route
+from routing.table import RULE, WORKSPACE, Route, parse_workspace_label
 
 if TYPE_CHECKING:
     from gateway.proxy import Exchange
@@ -110,8 +110,12 @@ class Guard:
             return self._sign_in(ex, route)
         if not auth.policy.allows(route.access, principal):
             return _not_found()
-        if by_cookie and ex.upgrade is not None and not self._origin_ok(ex, route.host):
-            return Answer(403, "This WebSocket was opened from another site.", [])
+        if by_cookie:
+            if ex.upgrade is not None:
+                if not self._origin_ok(ex, route.host):
+                    return Answer(403, "This WebSocket was opened from another site.", [])
+            elif not self._fetch_ok(ex, route):
+                return Answer(403, "This request came from another site.", [])
         if route.kind == RULE:
             return Pass(_identity_headers(principal))
         return Pass([])
@@ -133,6 +137,45 @@ class Guard:
         return Answer(
             302, "Sign in to continue.", [(b"Location", location.encode()), (b"Set-Cookie", cookie.encode())]
         )
+
+    def _fetch_ok(self, ex: Exchange, route: Route) -> bool:
+        """Cross-site request forgery between hosts of the same site (every workspace is same-site
+        with every other): a cookie-authenticated request from another host is let through only as
+        a plain navigation, or from another port of the same workspace, or from an allowed origin."""
+        site = mode = origin = None
+        for name, value in ex.headers:
+            n = len(name)
+            if n == 14 and name.lower() == b"sec-fetch-site":
+                site = value.strip().lower()
+            elif n == 14 and name.lower() == b"sec-fetch-mode":
+                mode = value.strip().lower()
+            elif n == 6 and name.lower() == b"origin":
+                origin = value.strip().lower().rstrip(b"/")
+        if site in (None, b"same-origin", b"none"):
+            # Older browsers send no Sec-Fetch-*: judge unsafe requests by Origin when they carry one.
+            if site is None and origin is not None and ex.method not in (b"GET", b"HEAD", b"OPTIONS"):
+                return self._origin_allowed(origin, route)
+            return True
+        if mode == b"navigate" and ex.method in (b"GET", b"HEAD"):
+            return True
+        return origin is not None and self._origin_allowed(origin, route)
+
+    def _origin_allowed(self, origin: bytes, route: Route) -> bool:
+        if origin == self.origin_of(route.host).encode() or origin in self.allowed_origins:
+            return True
+        if route.kind != WORKSPACE or not origin.startswith(b"https://"):
+            return False
+        # Another port of the same workspace: the same owner's code.
+        host = origin[8:].decode("latin-1")
+        if self.port_suffix and host.endswith(self.port_suffix):
+            host = host[: -len(self.port_suffix)]
+        elif ":" in host:
+            return False
+        suffix = ".ws." + self.domain
+        if not host.endswith(suffix):
+            return False
+        parsed = parse_workspace_label(host[: -len(suffix)])
+        return parsed is not None and parsed[0] == route.workspace_id
 
     def _origin_ok(self, ex: Exchange, host: str) -> bool:
         origin = None

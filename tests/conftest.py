@@ -133,3 +133,24 @@ def echo_upstream() -> Iterator[AiohttpUpstream]:
     up = AiohttpUpstream(echo_app)
     yield up
     up.close()
+
+
+# --- a real Redis (tests/redis_server.py) ---------------------------------------------
+import shutil  # noqa: E402
+
+from redis_server import RedisServer  # noqa: E402
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh, empty `redis-server` on a free loopback port; `stop()`/`start()` keep the port."""
+    require(shutil.which("redis-server") is not None, "redis-server")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """`redis://127.0.0.1:<port>/0` of a fresh, empty Redis."""
+    return redis_server.url

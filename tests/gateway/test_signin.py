@@ -457,3 +457,30 @@ async def test_tokens_in_any_authorization_form_are_stripped_and_identity_header
             assert visit.status == 200 and header_values(echoed(visit.text), "Authorization") == [], value
         kept = await b.go(ws_url(gw, PUBLIC_WS, "/echo"), headers={"Authorization": "Bearer app-token"})
         assert header_values(echoed(kept.text), "Authorization") == ["Bearer app-token"]
+
+
+async def test_cross_workspace_request_forgery_is_refused(gw: Gateway) -> None:
+    # Every workspace host is same-site with every other, so SameSite=Lax does not stop a page on
+    # mallory's port from posting into alice's workspace with alice's cookie. The gateway does.
+    alice, _ = await signed_in(gw, "alice")
+    async with alice:
+        target = ws_url(gw, ALICE_WS, "/echo")
+        evil = ws_url(gw, PRIVATE_MALLORY, "").rstrip("/")
+        sibling = ws_url(gw, PUBLIC_WS, "").rstrip("/")  # another port of alice's workspace "abc"
+        cases = [
+            ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Origin": evil}, "POST", 403),
+            ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Origin": evil}, "POST", 403),
+            ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Origin": "https://evil.example"}, "POST",
+             403),
+            ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}, "GET", 403),  # <img>/<script> probing
+            ({"Origin": evil}, "POST", 403),  # a browser without Sec-Fetch-*
+            ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate"}, "GET", 200),  # a plain link
+            ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Origin": sibling}, "POST", 200),
+            ({"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Origin": ws_url(gw, ALICE_WS, "")[:-1]},
+             "POST", 200),
+            ({}, "POST", 200),  # scripts and curl
+        ]
+        for headers, method, status in cases:
+            visit = await alice.go(target, method, data=b"x" if method == "POST" else None, headers=headers,
+                                   follow=False)
+            assert visit.status == status, (headers, method, visit.status)
