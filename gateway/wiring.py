@@ -11,7 +11,11 @@ import aiohttp
 
 from auth.policy import Policy
 from auth.providers.base import Provider
+from auth.providers.bitbucket import BitbucketProvider
 from auth.providers.dev import DevProvider
+from auth.providers.github import GitHubProvider
+from auth.providers.gitlab import GitLabProvider
+from auth.providers.oidc import OIDCProvider
 from auth.service import AuthService, Settings
 from auth.store import KV, load_or_create_secret
 from auth.tokens import KVTokenStore, SQLiteTokenStore, TokenStore
@@ -63,55 +67,21 @@ def _http(p: ProviderConfig) -> aiohttp.ClientSession:
 
 def build_provider(p: ProviderConfig, http: aiohttp.ClientSession, where: str) -> Provider:
     display = p.display_name or {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}.get(p.type, p.name)
-    secret = _secret(p, where)
-    if p.type == "github":
-        from auth.providers.github import GitHubProvider
-
-        return GitHubProvider(
-            p.name,
-            display,
-            http,
-            client_id=p.client_id,
-            client_secret=secret,
-            web_url=(p.web_url or "https://github.com").rstrip("/"),
-            api_url=(p.api_url or "https://api.github.com").rstrip("/"),
-            scopes=p.scopes,
-        )
-    if p.type == "bitbucket":
-        from auth.providers.bitbucket import BitbucketProvider
-
-        return BitbucketProvider(
-            p.name,
-            display,
-            http,
-            client_id=p.client_id,
-            client_secret=secret,
-            web_url=(p.web_url or "https://bitbucket.org").rstrip("/"),
-            api_url=(p.api_url or "https://api.bitbucket.org/2.0").rstrip("/"),
-            scopes=p.scopes,
+    cid, secret, scopes = p.client_id, _secret(p, where), p.scopes
+    if p.type in ("github", "bitbucket"):
+        # Empty URLs mean the public service (each provider class knows its own).
+        cls = GitHubProvider if p.type == "github" else BitbucketProvider
+        return cls(
+            p.name, display, http, client_id=cid, client_secret=secret, web_url=p.web_url, api_url=p.api_url,
+            scopes=scopes,
         )
     if p.type == "gitlab":
-        from auth.providers.gitlab import GitLabProvider
-
         return GitLabProvider(
-            p.name,
-            display,
-            http,
-            client_id=p.client_id,
-            client_secret=secret,
-            web_url=(p.web_url or "https://gitlab.com").rstrip("/"),
-            scopes=p.scopes,
+            p.name, display, http, client_id=cid, client_secret=secret, web_url=p.web_url or "https://gitlab.com",
+            scopes=scopes,
         )
-    from auth.providers.oidc import OIDCProvider
-
     return OIDCProvider(
-        p.name,
-        display,
-        http,
-        issuer=p.issuer,
-        client_id=p.client_id,
-        client_secret=secret,
-        scopes=p.scopes,
+        p.name, display, http, issuer=p.issuer, client_id=cid, client_secret=secret, scopes=scopes,
         groups_claim=p.groups_claim,
     )
 
