@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import aiohttp
 
@@ -20,7 +19,7 @@ from auth.policy import Policy
 from auth.principal import Principal
 from auth.providers.base import Provider, ProviderError, Tokens
 from auth.sessions import Session, SessionStore, principal_from_dict, principal_to_dict
-from auth.store import KV, StoreError, now
+from auth.store import KV, now
 from auth.tickets import Tickets
 from auth.tokens import TokenInfo, TokenStore
 from certs.envelope import EnvelopeError, Keyring
@@ -186,8 +185,4 @@ class AuthService:
             await session.close()
 
 
-def keyring_path(state: Path) -> Path:
-    return state / "keys" / "auth.keyring"
-
-
-__all__ = ["FLOW_COOKIE", "HOST_COOKIE", "SESSION_COOKIE", "AuthService", "Settings", "StoreError"]
+__all__ = ["FLOW_COOKIE", "HANDOFF_COOKIE", "HOST_COOKIE", "SESSION_COOKIE", "AuthService", "Settings"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -123,7 +122,3 @@ def load_or_create_secret(path: Path, size: int = 32) -> bytes:
 
 def now() -> float:
     return time.time()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

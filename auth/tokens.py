@@ -65,10 +65,6 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def looks_like_token(value: str) -> bool:
-    return value.startswith(PREFIX)
-
-
 def new_token() -> tuple[str, str]:
     """(id, token)."""
     tid = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(16))

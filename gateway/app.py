@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from auth.service import SESSION_COOKIE, StoreError
+from auth.service import SESSION_COOKIE
+from auth.store import StoreError
 from gateway.api import API
 from gateway.logs import event
 from gateway.signin import SignIn, gateway_cookie, logout_form, page

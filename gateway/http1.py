@@ -153,7 +153,6 @@ def request_head(
     request_id: bytes,
     body: str,
     upgrade: bytes | None,
-    drop: frozenset[bytes] = frozenset(),
     forwarded: bytes | None = None,
 ) -> bytes:
     """The request head sent upstream.
@@ -162,8 +161,8 @@ def request_head(
     client asked for, which X-Forwarded-Host and Forwarded report.
 
     `body` is "none", "length" (a single validated Content-Length is among
-    `headers`) or "chunked" (the gateway re-chunks the decoded body). `drop`
-    names extra headers to remove (the gateway's own auth headers).
+    `headers`) or "chunked" (the gateway re-chunks the decoded body). The
+    gateway's own credentials are already gone (`scrub`).
     `forwarded` is a cached `forwarded_block(client_ip, client_host)` for
     untrusted clients, whose forwarding headers depend on nothing else.
     """
@@ -177,10 +176,10 @@ def request_head(
     xff = xfp = xfh = fwd = b""
     for name, value in headers:
         low = name.lower()
-        if low not in _REQUEST_SPECIAL and not drop and not listed:
+        if low not in _REQUEST_SPECIAL and not listed:
             out += (name, b": ", value, b"\r\n")
             continue
-        if low in HOP_BY_HOP or low in listed or low == b"host" or low in drop:
+        if low in HOP_BY_HOP or low in listed or low == b"host":
             continue
         if low == b"content-length" and body != "length":
             continue
@@ -322,13 +321,7 @@ def upgrade_head(reason: bytes, headers: Headers, *, drop_cookie: bytes | None =
 
 
 def _names_cookie(set_cookie: bytes, prefix: bytes) -> bool:
-    pair = set_cookie.split(b";", 1)[0].strip().lower()
-    name, _, rest = pair.partition(b"=")
-    name = name.strip()
-    if not name:
-        # "=a=b" sets a nameless cookie that browsers send back as "a=b".
-        name = rest.strip().partition(b"=")[0].strip()
-    return name.startswith(prefix)
+    return _cookie_name(set_cookie.split(b";", 1)[0].strip()).lower().startswith(prefix)
 
 
 def wants_json(accept: bytes | None) -> bool:
@@ -424,7 +417,7 @@ def _cookie_name(pair: bytes) -> bytes:
     name, sep, rest = pair.partition(b"=")
     name = name.strip()
     if not name and sep:
-        # "=__Host-x=v" is how some clients send a nameless cookie; browsers read it as "__Host-x=v".
+        # "=__Host-x=v" is a nameless cookie, which browsers send back (and read) as "__Host-x=v".
         name = rest.partition(b"=")[0].strip()
     return name
 

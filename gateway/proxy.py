@@ -528,7 +528,6 @@ class ClientConnection(asyncio.Protocol):
             request_id=ex.request_id,
             body=ex.body,
             upgrade=ex.upgrade,
-            drop=self.gw.drop_headers,
             forwarded=None if self.trusted else self.fwd_block,
         )
         up.send(head)

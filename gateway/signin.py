@@ -1,30 +1,26 @@
 """The main domain's sign-in pages: providers, callback, logout and the workspace-host handoff.
 
-Flow state (PKCE verifier, nonce, where to go next) stays on the server under
-the SHA-256 of `state`; the browser holds a random binding in a short-lived
-`__Host-` cookie, and the callback needs both, once. So a `state` copied into
-someone else's browser (login CSRF), replayed, or tampered with finds nothing.
+The flow's protocol (state, PKCE, nonce, the browser binding) is `auth.flow`;
+this module turns it into pages, redirects and cookies.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from auth import flow
+from auth.flow import FlowError
 from auth.principal import Principal
-from auth.providers.base import Provider, ProviderError
 from auth.providers.dev import FORM_PATH as DEV_FORM_PATH
 from auth.redirects import safe_next, safe_path
 from auth.service import FLOW_COOKIE, SESSION_COOKIE, AuthService
 from auth.sessions import Session
-from auth.store import StoreError, digest
 from gateway.http1 import cookie_value
 from gateway.logs import event
 from routing.table import NOWHERE
@@ -34,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgate.signin")
 
-FLOW_TTL = 600.0
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -151,80 +146,39 @@ class SignIn:
             return page("Not found", "<p>There is no such sign-in provider.</p>", 404)
         nxt = self.next_url(request.query.get("next"))
         try:
-            await self._setup(provider)
-        except ProviderError as e:
-            return self.failure(f"{provider.display_name} is not reachable: {e.message}", 502, nxt)
-        binding = gateway_cookie(request, FLOW_COOKIE)
-        if not 32 <= len(binding) <= 64 or not binding.replace("-", "").replace("_", "").isalnum():
-            binding = secrets.token_urlsafe(32)
-        state = secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)
-        nonce = secrets.token_urlsafe(24)
-        record = {"provider": name, "verifier": verifier, "nonce": nonce, "next": nxt, "binding": digest(binding)}
-        try:
-            await self.auth.kv.set("flow:" + digest(state), record, FLOW_TTL)
-        except StoreError:
-            return self.failure("Sign-in is unavailable for a moment.", 503, nxt)
-        url = await provider.authorize_url(
-            self.redirect_uri(name), state, create_s256_code_challenge(verifier), nonce
-        )
-        response = redirect(url)
-        set_cookie(response, FLOW_COOKIE, binding, FLOW_TTL)
+            # A store outage is answered by the app's store_unavailable middleware.
+            started = await flow.begin(
+                self.auth, provider, self.redirect_uri(name), nxt, gateway_cookie(request, FLOW_COOKIE)
+            )
+        except FlowError as e:
+            return self.refused(e, name)
+        response = redirect(started.url)
+        set_cookie(response, FLOW_COOKIE, started.binding, flow.FLOW_TTL)
         return response
 
     def redirect_uri(self, provider: str) -> str:
         return f"{self.base}/auth/callback/{quote(provider)}"
 
-    async def _setup(self, provider: Provider) -> None:
-        if getattr(provider, "_wsgate_ready", False):
-            return
-        await provider.setup()
-        provider._wsgate_ready = True  # type: ignore[attr-defined]
+    def refused(self, e: FlowError, provider: str) -> web.Response:
+        if e.event:
+            event(log, logging.WARNING, e.event, provider=provider, **e.fields)
+        return self.failure(e.message, e.status, e.next_url)
 
     async def callback(self, request: web.Request) -> web.Response:
         name = request.match_info["provider"]
         provider = self.auth.providers.get(name)
         if provider is None:
             return page("Not found", "<p>There is no such sign-in provider.</p>", 404)
-        q = request.query
-        state = q.get("state", "")
-        record = await self.auth.kv.take("flow:" + digest(state)) if 0 < len(state) <= 128 else None
-        if record is None:
-            return self.failure("This sign-in has expired or was already used. Please start again.", 400)
-        nxt = str(record.get("next", "/"))
-        binding = gateway_cookie(request, FLOW_COOKIE)
-        if not binding or not hmac.compare_digest(digest(binding), str(record.get("binding", ""))):
-            event(log, logging.WARNING, "sign-in refused: flow cookie missing or not this browser's", provider=name)
-            return self.failure(
-                "This sign-in was started in another browser or its cookie is missing. Please start again.", 400, nxt
-            )
-        if record.get("provider") != name:
-            return self.failure("This sign-in was started with another provider. Please start again.", 400, nxt)
-        if "error" in q:
-            err = q.get("error", "")
-            message = (
-                f"You declined to sign in with {provider.display_name}."
-                if err == "access_denied"
-                else f"{provider.display_name} could not sign you in."
-            )
-            return self.failure(message, 403 if err == "access_denied" else 502, nxt)
-        code = q.get("code", "")
-        if not code or len(code) > 2048:
-            return self.failure(f"{provider.display_name} sent no authorization code.", 400, nxt)
         try:
-            await self._setup(provider)
-            tokens = await provider.redeem(code, self.redirect_uri(name), str(record["verifier"]), str(record["nonce"]))
-            principal = await provider.load_user(tokens)
-        except ProviderError as e:
-            status = {"unavailable": 502, "denied": 403, "forbidden": 403}.get(e.kind, 400)
-            event(log, logging.WARNING, "sign-in failed", provider=name, kind=e.kind, reason=e.message)
-            return self.failure(e.message, status, nxt)
-        if not self.auth.may_sign_in(principal):
-            event(log, logging.WARNING, "sign-in refused: not in an allowed group", identity=principal.identity)
-            return self.failure("Your account is not a member of a group allowed to use this gateway.", 403)
-        sid, _ = await self.auth.sign_in(principal, tokens, gateway_cookie(request, SESSION_COOKIE))
+            done = await flow.finish(
+                self.auth, provider, self.redirect_uri(name), request.query, gateway_cookie(request, FLOW_COOKIE)
+            )
+        except FlowError as e:
+            return self.refused(e, name)
+        principal = done.principal
+        sid, _ = await self.auth.sign_in(principal, done.tokens, gateway_cookie(request, SESSION_COOKIE))
         event(log, logging.INFO, "signed in", identity=principal.identity, login=principal.login)
-        response = redirect(nxt, 303)
+        response = redirect(done.next_url, 303)
         set_cookie(response, SESSION_COOKIE, sid, self.auth.sessions.lifetime)
         clear_cookie(response, FLOW_COOKIE)
         return response

@@ -68,8 +68,6 @@ class Gateway:
         self.now = self.loop.time()
         self.request_prefix = os.urandom(4).hex().encode()
         self.request_counter = 0
-        # The gateway's own credentials, removed before any request is forwarded.
-        self.drop_headers: frozenset[bytes] = frozenset()
         self.cookie_prefix = COOKIE_PREFIX
         self.pool = UpstreamPool(
             self.loop,

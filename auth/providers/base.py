@@ -1,7 +1,7 @@
 """The interface every identity provider fills (one file per provider, as oauth2-proxy does).
 
 The sign-in flow in `auth.flow` owns state, PKCE and nonce generation and the
-cookies that bind them; a provider only knows its own URLs and API shapes.
+binding to the browser; a provider only knows its own URLs and API shapes.
 """
 
 from __future__ import annotations
