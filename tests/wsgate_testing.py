@@ -230,21 +230,20 @@ class Conn:
     eof: bool = False
 
 
-class RecordingUpstream:
-    """A raw TCP upstream in threads that keeps every byte of every connection.
+class ThreadedServer:
+    """A raw TCP server on a free loopback port: each accepted socket goes to `accepted` (in the
+    accept thread, in order), whose returned function then serves it in a thread of its own."""
 
-    `reply(unanswered)` gets the bytes received since its last answer and returns bytes to send, or None.
-    """
-
-    def __init__(self, reply: Callable[[bytes], bytes | None]) -> None:
-        self.reply = reply
-        self.conns: list[Conn] = []
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
         self._sock.settimeout(0.2)
         self.port: int = self._sock.getsockname()[1]
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def accepted(self, sock: socket.socket) -> Callable[[], None]:
+        raise NotImplementedError
 
     def _accept(self) -> None:
         while not self._stop:
@@ -254,10 +253,29 @@ class RecordingUpstream:
                 continue
             except OSError:
                 return
-            conn = Conn()
-            with self._lock:
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(sock, conn), daemon=True).start()
+            threading.Thread(target=self.accepted(sock), daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+
+class RecordingUpstream(ThreadedServer):
+    """A raw TCP upstream in threads that keeps every byte of every connection.
+
+    `reply(unanswered)` gets the bytes received since its last answer and returns bytes to send, or None.
+    """
+
+    def __init__(self, reply: Callable[[bytes], bytes | None]) -> None:
+        self.reply = reply
+        self.conns: list[Conn] = []
+        super().__init__()
+
+    def accepted(self, sock: socket.socket) -> Callable[[], None]:
+        conn = Conn()
+        with self._lock:
+            self.conns.append(conn)
+        return lambda: self._serve(sock, conn)
 
     def _serve(self, sock: socket.socket, conn: Conn) -> None:
         pending = b""
@@ -285,10 +303,6 @@ class RecordingUpstream:
     def all_bytes(self) -> bytes:
         with self._lock:
             return b"".join(bytes(c.data) for c in self.conns)
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
 
 
 class AiohttpUpstream:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from wsgate_testing import Gateway, Talk, read_until, ws_host
+from wsgate_testing import Gateway, Talk, ThreadedServer, read_until, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -72,31 +71,19 @@ class UpConn:
             self.sock.sendall(data)
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(ThreadedServer):
     """TCP upstream: `script(conn)` runs in a thread for each accepted connection."""
 
     def __init__(self, script: Callable[[UpConn], None]) -> None:
         self.script = script
         self.conns: list[UpConn] = []
-        self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                sock, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                conn = UpConn(len(self.conns), sock)
-                self.conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+    def accepted(self, sock: socket.socket) -> Callable[[], None]:
+        with self._lock:
+            conn = UpConn(len(self.conns), sock)
+            self.conns.append(conn)
+        return lambda: self._run(conn)
 
     def _run(self, conn: UpConn) -> None:
         with conn.sock:
@@ -109,10 +96,6 @@ class ScriptedUpstream:
     def all_bytes(self) -> bytes:
         with self._lock:
             return b"".join(bytes(c.data) for c in self.conns)
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
 
 
 def workspace(port: int, extra: str = "") -> str:

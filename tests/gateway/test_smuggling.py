@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from wsgate_testing import Gateway, read_until, ws_host
+from wsgate_testing import Gateway, ThreadedServer, read_until, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -220,31 +219,20 @@ class Traffic:
     eof: bool
 
 
-class StrictUpstream:
+class StrictUpstream(ThreadedServer):
     """A TCP upstream in threads: records every byte per connection, parses it strictly, answers each request."""
 
     def __init__(self, reply: Reply = ok_reply) -> None:
         self.reply = reply
         self.conns: list[UpConn] = []
-        self.lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
+        self.lock = self._lock
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            st = UpConn()
-            with self.lock:
-                self.conns.append(st)
-            threading.Thread(target=self._serve, args=(conn, st), daemon=True).start()
+    def accepted(self, sock: socket.socket) -> Callable[[], None]:
+        st = UpConn()
+        with self.lock:
+            self.conns.append(st)
+        return lambda: self._serve(sock, st)
 
     def _serve(self, conn: socket.socket, st: UpConn) -> None:
         conn.settimeout(None)
@@ -295,10 +283,6 @@ class StrictUpstream:
                     Traffic(bytes(c.data[nbytes:]), c.requests[nreq:], c.parsed_to < len(c.data), c.error, c.eof)
                 )
         return out
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
 
 
 # --- a raw TLS client -----------------------------------------------------------------
