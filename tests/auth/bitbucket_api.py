@@ -151,19 +151,8 @@ class FakeBitbucket(FakeServer):
     def switches(self) -> Switches:
         return self.state.switches
 
-    @property
-    def web_url(self) -> str:
-        return self.base_url
-
-    @property
-    def api_url(self) -> str:
-        return self.base_url + self.api_prefix
-
     def is_api(self, path: str) -> bool:
         return path.startswith(self.api_prefix + "/")
-
-    def api_requests(self, path: str) -> list[Any]:
-        return [r for r in self.requests if r.path == self.api_prefix + path]
 
     def routes(self, app: web.Application) -> None:
         p = self.api_prefix

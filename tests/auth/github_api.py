@@ -139,6 +139,9 @@ def page_bounds(request: web.Request, size_param: str, default: int, total: int)
 class FakeServer:
     """Start/stop on a free loopback port, request log, delays that end when the server stops."""
 
+    # Where the API lives under base_url (the web/OAuth endpoints are at the root).
+    api_prefix = ""
+
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.base_url = ""
@@ -157,6 +160,17 @@ class FakeServer:
     @property
     def switches(self) -> Switches:
         raise NotImplementedError
+
+    @property
+    def web_url(self) -> str:
+        return self.base_url
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + self.api_prefix
+
+    def api_requests(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == self.api_prefix + path]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._stopping = asyncio.Event()
@@ -327,19 +341,8 @@ class FakeGitHub(FakeServer):
     def switches(self) -> Switches:
         return self.state.switches
 
-    @property
-    def web_url(self) -> str:
-        return self.base_url
-
-    @property
-    def api_url(self) -> str:
-        return self.base_url + self.api_prefix
-
     def is_api(self, path: str) -> bool:
         return path.startswith(self.api_prefix + "/user")
-
-    def api_requests(self, path: str) -> list[Recorded]:
-        return [r for r in self.requests if r.path == self.api_prefix + path]
 
     def routes(self, app: web.Application) -> None:
         p = self.api_prefix
