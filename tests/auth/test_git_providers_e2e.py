@@ -422,6 +422,38 @@ async def test_non_member_of_allowed_groups_is_refused_at_sign_in_without_a_sess
     assert "Traceback" not in logs
 
 
+async def test_leaving_the_allowed_groups_ends_the_session_and_its_tokens_within_the_ttl(
+    gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream, fake_factory: MakeFake
+) -> None:
+    gh = fake_factory("github", github_users(
+        github_user("alice", 1001, "alice@example.com"), current="alice", orgs={"Acme": ["alice"]},
+    ))
+    gw = gateway_factory(
+        f"[auth]\nmembership_ttl = {TTL}\n"
+        + gh.provider_toml("github", 'allowed_groups = ["acme"]')
+        + workspace_toml(echo_upstream.port, "github:1001")
+    )
+    ws = gw.url(WS_HOST, "/x")
+    async with Browser(str(gw.ca)) as b:
+        assert (await sign_in(b, gw, ws, "github")).status == 200
+        csrf = (await me(b, gw))["csrf_token"]
+        made = await b.go(
+            main_url(gw, "/api/v1/tokens"), "POST", data=json.dumps({"name": "ide", "scopes": ["workspace"]}),
+            headers={"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        )
+        token = json.loads(made.text)["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await b.go(ws, headers=bearer, follow=False)).status == 200
+        await gh.control("remove_member", org="Acme", login="alice")
+        await asyncio.sleep(PAST_TTL)
+        # The workspace cookie and the main-domain session both refer to the ended session.
+        assert (await b.go(ws, follow=False)).status == 302
+        assert (await b.go(main_url(gw, "/api/v1/me"))).status == 401
+    async with Browser(str(gw.ca)) as ide:
+        assert (await ide.go(ws, headers=bearer, follow=False)).status == 401
+    assert "no longer in an allowed group" in gw.logs()
+
+
 # --- 4. provider errors: a clear page, a way back, no traceback -----------------------------
 
 

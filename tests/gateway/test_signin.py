@@ -210,6 +210,11 @@ async def test_public_port_needs_no_sign_in(gw: Gateway) -> None:
     async with Browser(str(gw.ca)) as b:
         visit = await b.go(ws_url(gw, PUBLIC_WS, "/open"), follow=False)
         assert visit.status == 200 and echoed(visit.text)["path"] == "/open"
+        # /.wsgate/ belongs to the gateway on every host: a public port's app never sees it
+        # (no ticket reaches a workspace's code), and nothing there is forwarded.
+        for path in ("/.wsgate/auth?ticket=x.y", "/.wsgate/other"):
+            reserved = await b.go(ws_url(gw, PUBLIC_WS, path), follow=False)
+            assert reserved.status in (400, 404) and "path" not in reserved.text, path
 
 
 async def mint_ticket(b: Browser, gw: Gateway, label: str, path: str) -> str:
