@@ -21,6 +21,7 @@ import re
 import secrets
 import sqlite3
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -160,42 +161,56 @@ CREATE INDEX IF NOT EXISTS tokens_owner ON tokens(owner);
 
 
 class SQLiteTokenStore(TokenStore):
+    """One connection, opened on first use and used only by the store's own thread.
+
+    Bearer tokens are checked on every request that carries one, so neither a new
+    connection nor a new thread per query: the event loop hands each query to
+    that one thread and never waits on the disk itself.
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ready = False
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsgate-tokens")
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._db is not None:
+            return self._db
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10)
         db.row_factory = sqlite3.Row
-        if not self._ready:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                db.close()
-                raise RuntimeError(f"{self.path}: written by a newer wsgate (schema {version})")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            db.commit()
-            self.path.chmod(0o600)
-            self._ready = True
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            db.close()
+            raise RuntimeError(f"{self.path}: written by a newer wsgate (schema {version})")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        db.commit()
+        self.path.chmod(0o600)
+        self._db = db
         return db
 
     async def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         def work() -> list[dict[str, Any]]:
             db = self._connect()
-            try:
-                with db:
-                    cur = db.execute(sql, args)
-                    rows = [dict(r) for r in cur.fetchall()]
-                    if not rows and cur.rowcount > 0:
-                        rows = [{"rowcount": cur.rowcount}]
-                    return rows
-            finally:
-                db.close()
+            with db:
+                cur = db.execute(sql, args)
+                rows = [dict(r) for r in cur.fetchall()]
+                if not rows and cur.rowcount > 0:
+                    rows = [{"rowcount": cur.rowcount}]
+                return rows
 
-        return await asyncio.to_thread(work)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
+        self._thread.shutdown(wait=False)
 
     async def _put(self, info: TokenInfo, hashed: str) -> None:
         await self._run(
