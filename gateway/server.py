@@ -196,6 +196,9 @@ class Supervisor:
         self.redirect_sock = redirect_sock
         self.workers: dict[int, int] = {}  # pid -> index
         self.snapshots: dict[int, dict[str, Any]] = {}
+        # The loop keeps only weak references to tasks: an unreferenced collector can be
+        # garbage-collected mid-read, and the supervisor would stop hearing from that worker.
+        self.collectors: set[asyncio.Task[None]] = set()
         self.stopping = False
 
     def _fork(self, index: int) -> None:
@@ -226,7 +229,9 @@ class Supervisor:
                 os._exit(code)
         os.close(write_fd)
         self.workers[pid] = index
-        asyncio.get_running_loop().create_task(self._collect(read_fd, index))
+        task = asyncio.get_running_loop().create_task(self._collect(read_fd, index))
+        self.collectors.add(task)
+        task.add_done_callback(self.collectors.discard)
 
     async def _collect(self, fd: int, index: int) -> None:
         loop = asyncio.get_running_loop()
@@ -234,7 +239,8 @@ class Supervisor:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
         try:
             while line := await reader.readline():
-                self.snapshots[index] = json.loads(line)
+                with contextlib.suppress(ValueError):  # a torn line: the next report replaces it
+                    self.snapshots[index] = json.loads(line)
         finally:
             transport.close()
 
