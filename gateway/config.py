@@ -101,6 +101,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    """The embedded launcher: workspaces as namespaces on this machine."""
+
+    enabled: bool = True
+    # The read-only base of every workspace: the host's / (zero-config) or an unpacked rootfs.
+    base: str = "/"
+    # Other bases a workspace may ask for by path.
+    allowed_bases: tuple[str, ...] = ()
+    # Host paths a workspace on the host's / never sees (the state directory is always hidden).
+    hide: tuple[str, ...] = ("/root", "/home", "/etc/ssh", "/var/log")
+    # Subordinate host ids (root only): workspace i maps its root to id_base + i * id_count.
+    id_base: int = 1_000_000
+    id_count: int = 65536
+    max_workspaces: int = 64
+    # Per-workspace limits (0 = none), applied through cgroups where the host allows.
+    memory_mb: int = 4096
+    pids: int = 4096
+    cpus: float = 0.0
+    # Seconds between SIGTERM and SIGKILL on stop.
+    stop_grace: float = 10.0
+    # Bound of the kept output, in bytes.
+    log_bytes: int = 1 << 20
+    # Empty: <state_dir>/keys/launcher.keyring (created 0600 on first start).
+    keyring_file: str = ""
+    # Stop every workspace when the gateway shuts down (otherwise the next start adopts them).
+    stop_on_exit: bool = False
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     """One identity provider; which URL keys apply depends on `type`."""
 
@@ -184,6 +213,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # redis://host:port/db: sessions, tickets and tokens shared by workers and replicas.
     # Empty: in memory (sessions) and SQLite under state_dir (tokens).
     redis_url: str = ""
@@ -362,6 +392,7 @@ def check_semantics(cfg: Config, source: str) -> None:
         raise _fail(source, "state_dir", "a directory path", cfg.state_dir)
     if not 0 <= cfg.workers <= 64:
         raise _fail(source, "workers", "0 (one per CPU) to 64", cfg.workers)
+    _check_launcher(cfg, source)
     for key, addr in (("listen.address", cfg.listen.address), ("metrics.address", cfg.metrics.address)):
         try:
             ipaddress.ip_address(addr)
@@ -439,6 +470,32 @@ def check_semantics(cfg: Config, source: str) -> None:
             raise _fail(source, f"{key}.owner", "the creator's identity '<provider>:<id>' (or public = true)", w.owner)
     _check_listen_extra(cfg, source)
     _check_auth(cfg, source)
+
+
+def _check_launcher(cfg: Config, source: str) -> None:
+    lc = cfg.launcher
+    for key, value in (("launcher.base", lc.base), *((f"launcher.allowed_bases[{i}]", b)
+                                                     for i, b in enumerate(lc.allowed_bases))):
+        if not value.startswith("/"):
+            raise _fail(source, key, "an absolute directory path", value)
+    for i, path in enumerate(lc.hide):
+        if not path.startswith("/") or "/../" in path + "/":
+            raise _fail(source, f"launcher.hide[{i}]", "an absolute path", path)
+    if lc.id_base < 65536 or lc.id_base + lc.id_count * lc.max_workspaces >= 2**32 - 1:
+        raise _fail(source, "launcher.id_base", "at least 65536, with every workspace's range below 2^32-1", lc.id_base)
+    if not 1 <= lc.id_count <= 1 << 24:
+        raise _fail(source, "launcher.id_count", "1 to 16777216", lc.id_count)
+    if not 1 <= lc.max_workspaces <= 4096:
+        raise _fail(source, "launcher.max_workspaces", "1 to 4096", lc.max_workspaces)
+    for key, number in (("launcher.memory_mb", lc.memory_mb), ("launcher.pids", lc.pids)):
+        if number < 0:
+            raise _fail(source, key, "0 (no limit) or more", number)
+    if lc.cpus < 0:
+        raise _fail(source, "launcher.cpus", "0 (no limit) or a positive number of CPUs", lc.cpus)
+    if not 0 <= lc.stop_grace <= 3600:
+        raise _fail(source, "launcher.stop_grace", "0 to 3600 seconds", lc.stop_grace)
+    if not 4096 <= lc.log_bytes <= 1 << 30:
+        raise _fail(source, "launcher.log_bytes", "4096 to 1073741824", lc.log_bytes)
 
 
 def is_identity(text: str) -> bool:

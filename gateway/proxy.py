@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -27,6 +27,7 @@ from gateway import http1
 from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer
 from gateway.http1 import BadRequest, Headers
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
+from launcher.base import NotRunning
 from routing.table import INTERNAL, MAIN, NOWHERE, Route, Upstream
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         "head_bytes",
         "header_error",
         "in_body",
+        "open_route",
         "out",
         "parser",
         "paused",
@@ -175,6 +177,8 @@ class ClientConnection(asyncio.Protocol):
         self.failed: BadRequest | None = None
         self.advancing = False
         self.fwd_block = b""
+        # The route of the last request admitted: a port made private closes what came in while public.
+        self.open_route: Route | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -431,6 +435,7 @@ class ClientConnection(asyncio.Protocol):
             self._respond_error(ex, route, msg)
             return
         ex.route = route
+        self.open_route = route
         if route.kind != MAIN:
             if gw.draining:
                 self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
@@ -494,6 +499,10 @@ class ClientConnection(asyncio.Protocol):
         except TimeoutError:
             gw.metrics.upstream_errors["connect_timeout"] += 1
             self.upstream_failed(ex, 504, "The workspace did not accept the connection in time.")
+            return
+        except NotRunning:
+            gw.metrics.upstream_errors["workspace_not_running"] += 1
+            self.upstream_failed(ex, 503, NOT_RUNNING_MESSAGE)
             return
         except OSError as e:
             gw.metrics.upstream_errors["connect_refused" if e.errno == errno.ECONNREFUSED else "connect_error"] += 1
@@ -843,6 +852,9 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
 
+NOT_RUNNING_MESSAGE = "This workspace is not running. Start it again from the dashboard."
+
+
 def _refused_message(ex: Exchange) -> str:
     route = ex.route
     if route is not None and route.port:
@@ -1120,8 +1132,11 @@ class UpstreamPool:
         size: int,
         idle_timeout: float,
         internal: Callable[[], Any] | None = None,
+        workspaces: Callable[[str, int], Awaitable[socket.socket]] | None = None,
     ) -> None:
         self.loop = loop
+        # Opens a connection into a workspace (the launcher's connect).
+        self.workspaces = workspaces
         self.connect_timeout = connect_timeout
         self.size = size
         self.idle_timeout = idle_timeout
@@ -1161,6 +1176,11 @@ class UpstreamPool:
         def factory() -> UpstreamConnection:
             return UpstreamConnection(self, key)
 
+        if key.scheme == "workspace":
+            assert self.workspaces is not None
+            sock = await self.workspaces(key.host, key.port)
+            _, proto = await loop.create_connection(factory, sock=sock)
+            return proto
         if key.scheme == "internal":
             assert self.internal is not None
             a, b = socket.socketpair()

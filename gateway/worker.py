@@ -12,11 +12,12 @@ import logging
 import os
 import socket
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from auth.policy import Policy, parse_access
+from auth.policy import PUBLIC, Policy, parse_access
 from certs.localca import ensure_local_ca
 from certs.tls import CertificateError, TLSManager
 from gateway.config import Config
@@ -26,12 +27,45 @@ from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
 from gateway.proxy import ClientConnection, UpstreamPool
 from gateway.wiring import build_auth
+from launcher.base import Backend, Limits, Workspace
+from launcher.namespaces import LauncherSettings, NamespaceLauncher
 from routing.table import RouteTable, Upstream
 
 log = logging.getLogger("wsgate.worker")
 
 # The prefix every gateway cookie carries; upstreams may never set or clear one.
 COOKIE_PREFIX = b"__host-wsgate"
+
+
+def build_launcher(config: Config, *, warn: bool) -> Backend | None:
+    """The embedded launcher, when it is on and can own its workspaces."""
+    lc = config.launcher
+    if not lc.enabled:
+        return None
+    if config.worker_count > 1:
+        if warn:
+            event(log, logging.WARNING, "the embedded launcher runs with workers = 1 only; it is off")
+        return None
+    if not config.auth.providers and not config.auth.dev_login:
+        # Every workspace has an owner; with no sign-in there is nobody to own one.
+        return None
+    return NamespaceLauncher(
+        LauncherSettings(
+            state_dir=config.state_path.resolve(),
+            base=lc.base,
+            allowed_bases=lc.allowed_bases,
+            hide=lc.hide,
+            id_base=lc.id_base,
+            id_count=lc.id_count,
+            max_workspaces=lc.max_workspaces,
+            limits=Limits(memory_bytes=lc.memory_mb << 20, pids=lc.pids, cpus=lc.cpus),
+            stop_grace=lc.stop_grace,
+            connect_timeout=config.proxy.connect_timeout,
+            log_bytes=lc.log_bytes,
+            keyring_file=Path(lc.keyring_file) if lc.keyring_file else None,
+            stop_on_exit=lc.stop_on_exit,
+        )
+    )
 
 
 def build_router(config: Config) -> RouteTable:
@@ -76,6 +110,10 @@ class Gateway:
             idle_timeout=config.proxy.pool_idle_timeout,
             internal=self._internal_protocol,
         )
+        self.launcher = build_launcher(config, warn=index == 0)
+        if self.launcher is not None:
+            self.pool.workspaces = self.launcher.connect
+            self.launcher.subscribe(self.workspace_changed)
         self._settings(config)
         self.server: asyncio.AbstractServer | None = None
         self.redirect_runner: web.AppRunner | None = None
@@ -111,6 +149,10 @@ class Gateway:
     async def start(self, sock: socket.socket, redirect_sock: socket.socket | None = None) -> None:
         from gateway.app import build_app, build_redirect_app
 
+        if self.launcher is not None:
+            await self.launcher.open()
+            for w in self.launcher.workspaces():
+                self.workspace_changed(w)
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         self.server = await self.loop.create_server(
@@ -198,6 +240,9 @@ class Gateway:
         table = self.router
         table.clear()
         fill_router(table, config)
+        if self.launcher is not None:
+            for w in self.launcher.workspaces():
+                self.workspace_changed(w)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
         # Admins and allowed origins change in place; providers and stores only on restart.
         self.auth.policy = Policy(admins=config.auth.admins, teams=self.auth.policy.teams)
@@ -225,7 +270,32 @@ class Gateway:
                 conn.transport.abort()
         await self.close()
 
+    def workspace_changed(self, w: Workspace) -> None:
+        """Keeps the route table in step with the launcher, and enforces a port made private."""
+        if w.state == "deleted":
+            self.router.remove_workspace(w.id)
+            self.close_public(w.id, None)
+            return
+        public = frozenset(p.number for p in w.ports if p.public)
+        self.router.set_launched_workspace(w.id, owner=w.owner, public_ports=public, ide_port=w.ide_port)
+        self.close_public(w.id, public)
+
+    def close_public(self, workspace_id: str, still_public: frozenset[int] | None) -> None:
+        """Closes connections admitted to a workspace port as public that no longer is."""
+        for conn in list(self.connections):
+            r = conn.open_route
+            if (
+                r is not None
+                and r.workspace_id == workspace_id
+                and r.access.level == PUBLIC
+                and (still_public is None or r.port not in still_public)
+                and conn.transport is not None
+            ):
+                conn.transport.abort()
+
     async def close(self) -> None:
+        if self.launcher is not None:
+            await self.launcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.pool.close_all()

@@ -77,6 +77,13 @@ class WorkspacePort:
     access: Access
 
 
+@dataclass(frozen=True, slots=True)
+class _Launched:
+    owner: Access
+    public_ports: frozenset[int]
+    ide_port: int | None
+
+
 def normalise_host(raw: str) -> str | None:
     """Lower-cased host name without port or trailing dot; None if malformed."""
     host = raw.strip().lower()
@@ -116,6 +123,8 @@ class RouteTable:
         # workspace id -> {port: its upstream and access}; port 0 is the IDE port.
         self._workspaces: dict[str, dict[int, WorkspacePort]] = {}
         self._hosts: dict[str, tuple[Upstream, Access]] = {}
+        # Workspaces run by the launcher: every port is reachable (owner only unless public).
+        self._launched: dict[str, _Launched] = {}
         self._cache: dict[bytes, Route | int] = {}
 
     # --- changes ------------------------------------------------------------------
@@ -138,8 +147,16 @@ class RouteTable:
             ports[0] = entry
         self._cache.clear()
 
+    def set_launched_workspace(
+        self, workspace_id: str, *, owner: str, public_ports: frozenset[int] = frozenset(), ide_port: int | None = None
+    ) -> None:
+        """A launcher workspace: any port it listens on, for `owner`; `public_ports` for anyone."""
+        self._launched[workspace_id] = _Launched(owner_access(owner), public_ports, ide_port)
+        self._cache.clear()
+
     def remove_workspace(self, workspace_id: str) -> None:
         self._workspaces.pop(workspace_id, None)
+        self._launched.pop(workspace_id, None)
         self._cache.clear()
 
     def clear(self) -> None:
@@ -189,6 +206,13 @@ class RouteTable:
                 return NOT_FOUND
             workspace_id, port = parsed
             entry = self._workspaces.get(workspace_id, {}).get(port or 0)
+            if entry is None and workspace_id in self._launched:
+                launched = self._launched[workspace_id]
+                number = port or launched.ide_port
+                if number is None:
+                    return Route(WORKSPACE, host, NOWHERE, workspace_id, 0, launched.owner)
+                access = PUBLIC_ACCESS if number in launched.public_ports else launched.owner
+                return Route(WORKSPACE, host, Upstream("workspace", workspace_id, number), workspace_id, number, access)
             if entry is None:
                 return Route(WORKSPACE, host, NOWHERE, workspace_id, port or 0, NOBODY)
             return Route(WORKSPACE, host, entry.upstream, workspace_id, port or 0, entry.access)
