@@ -19,6 +19,7 @@ from auth.store import StoreError
 from gateway.api import API
 from gateway.logs import event
 from gateway.signin import SignIn, gateway_cookie, logout_form, page
+from gateway.workspaces_api import WorkspacesAPI
 from routing.table import normalise_host
 
 if TYPE_CHECKING:
@@ -113,7 +114,9 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", home)
     SignIn(gw).routes(app)
-    API(gw).routes(app)
+    api = API(gw)
+    api.routes(app)
+    WorkspacesAPI(gw, api).routes(app)
     return app
 
 

@@ -18,7 +18,12 @@ SOURCE = Path(__file__).with_name("init.c")
 
 
 def init_binary(bin_dir: Path) -> Path:
-    """The path of the built init, compiling it if this source version has no binary yet."""
+    """The path of the built init, compiling it if this source version has no binary yet.
+
+    WSGATE_INIT_DIR, when set, names a directory shared by several state
+    directories (the test suite starts hundreds of gateways).
+    """
+    bin_dir = Path(os.environ.get("WSGATE_INIT_DIR") or bin_dir)
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:16]
     target = bin_dir / f"wsgate-init-{digest}"

@@ -14,6 +14,9 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 from wsgate_testing import AiohttpUpstream, Gateway
 
+# The launcher builds its init once per source version; every gateway of the run shares it.
+os.environ.setdefault("WSGATE_INIT_DIR", f"/tmp/wsgate-test-init-{os.getuid()}")
+
 
 def require(condition: bool, what: str) -> None:
     """Skip locally when a component is missing; in CI a missing component fails the run."""
