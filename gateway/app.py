@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from html import escape
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from auth.service import SESSION_COOKIE
 from auth.store import StoreError
 from gateway.api import API
+from gateway.dashboard import Dashboard
 from gateway.logs import event
-from gateway.signin import SignIn, gateway_cookie, logout_form, page
+from gateway.signin import SignIn, page
 from gateway.workspaces_api import WorkspacesAPI
 from routing.table import normalise_host
 
@@ -28,16 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.app")
 
 GATEWAY_KEY = web.AppKey("gateway", object)
-
-_HOME = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>wsgate</title>
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}</style>
-</head><body><h1>wsgate</h1>
-<p>This gateway serves developer workspaces at <code>https://&lt;port&gt;-&lt;workspace&gt;.ws.DOMAIN/</code>.</p>
-STATUS
-</body></html>
-"""
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -89,34 +78,18 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
 
-async def home(request: web.Request) -> web.Response:
-    gw = _gateway(request)
-    status = ""
-    if gw.auth.enabled:
-        sid = gateway_cookie(request, SESSION_COOKIE)
-        session = await gw.auth.session(sid) if sid else None
-        if session is None:
-            status = '<p><a href="/auth/login">Sign in</a></p>'
-        else:
-            p = session.principal
-            status = (
-                f"<p>Signed in as <b>{escape(p.login)}</b> <code>{escape(p.identity)}</code></p>"
-                + logout_form(session)
-            )
-    html = _HOME.replace("DOMAIN", escape(gw.config.domain)).replace("STATUS", status)
-    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-
 def build_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[security_headers, store_unavailable], client_max_size=1 << 20)
     app[GATEWAY_KEY] = gw
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", home)
     SignIn(gw).routes(app)
     api = API(gw)
     api.routes(app)
-    WorkspacesAPI(gw, api).routes(app)
+    workspaces = WorkspacesAPI(gw, api)
+    workspaces.routes(app)
+    # GET / is the dashboard: the sign-in link for anonymous visitors, the person's workspaces otherwise.
+    Dashboard(gw, workspaces).routes(app)
     return app
 
 

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", metavar="ID")
     for t in (create, listing, revoke):
         t.add_argument("--config", "-c", metavar="FILE", help="config file (for state_dir and redis_url)")
+    from gateway.workspace_cli import add_parser as add_workspace_parser
+
+    add_workspace_parser(sub)
     sub.add_parser("version", help="print the version")
     return p
 
@@ -84,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.tokens_cli import run
 
             return asyncio.run(run(args, load_config(args.config)))
+        if args.command == "workspace" and args.workspace_command:
+            from gateway.workspace_cli import run as run_workspace
+
+            return run_workspace(args)
         if args.command == "config" and args.config_command == "check":
             return _config_check(args.file)
         if args.command == "certs" and args.certs_command == "ca":
@@ -105,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"wsgate: {e}", file=sys.stderr)
         return 1
-    if args.command in ("config", "certs", "tokens"):
+    if args.command in ("config", "certs", "tokens", "workspace"):
         parser.parse_args([args.command, "--help"])
     parser.print_help()
     return 2

@@ -576,15 +576,15 @@ int main(int argc, char **argv) {
         fprintf(out, "\n"); fflush(out); return 1; } while (0)
 
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/ctl.sock", dir);
-    unlink(path);
+    /* Relative names from here on: DIR may be longer than a unix socket path allows. */
+    if (chdir(dir) < 0) REPORT_FAIL("enter %s: %s", dir, strerror(errno));
+    unlink("ctl.sock");
     ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof addr.sun_path) REPORT_FAIL("state path too long for a unix socket: %s", path);
-    strcpy(addr.sun_path, path);
+    strcpy(addr.sun_path, "ctl.sock");
     mode_t old_umask = umask(0077);
     if (ctl_fd < 0 || bind(ctl_fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(ctl_fd, 64) < 0)
-        REPORT_FAIL("control socket %s: %s", path, strerror(errno));
+        REPORT_FAIL("control socket in %s: %s", dir, strerror(errno));
     umask(old_umask);
 
     for (int i = 0; i < n_cgroups; i++) {
@@ -613,7 +613,6 @@ int main(int argc, char **argv) {
     }
     const char *why = prepare_root();
     if (why) REPORT_FAIL("%s", why);
-    if (chdir(dir) < 0) REPORT_FAIL("enter %s: %s", dir, strerror(errno));
     size_t stack_size = 256 * 1024;
     char *stack = malloc(stack_size);
     if (!stack) REPORT_FAIL("out of memory");

@@ -62,7 +62,6 @@ from .control import Control
 
 log = logging.getLogger("wsgate.launcher")
 
-_SOCK_PATH_MAX = 107
 _TAIL_LINES = 20
 _TAIL_BYTES = 4096
 
@@ -99,6 +98,7 @@ class _Live:
     ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     finalized: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    save_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     stop_requested: bool = False
     exit_task: asyncio.Task[None] | None = None
 
@@ -231,13 +231,20 @@ class NamespaceLauncher(Backend):
             self._publish(live)
             try:
                 await self._launch(live)
-            except LauncherError as e:
-                await asyncio.to_thread(self._cleanup_run, live.record.id)
+            except (LauncherError, OSError) as e:
+                log.error("event=workspace_start_failed id=%s error=%r", live.record.id, str(e))
+                with contextlib.suppress(LauncherError, OSError):
+                    await asyncio.to_thread(self._kill_leftovers, live)
+                    await asyncio.to_thread(self._cleanup_run, live.record.id)
+                if self.cgroups is not None:
+                    await asyncio.to_thread(self.cgroups.remove, live.record.id)
                 live.record = dataclasses.replace(live.record, state=FAILED, error=str(e), finished=time.time())
                 live.finalized.set()
                 await self._save(live)
                 self._publish(live)
-                raise
+                if isinstance(e, LauncherError):
+                    raise
+                raise LauncherError(f"the workspace could not be started: {e}") from e
             live.record = dataclasses.replace(live.record, state=RUNNING, started=time.time())
             await self._save(live)
         self._publish(live)
@@ -349,8 +356,6 @@ class NamespaceLauncher(Backend):
         first, count = self._ids(live)
         for name in ("upper", "work", "lower", "root"):
             (run / name).mkdir(mode=0o755)
-        if len(str(run / "ctl.sock")) > _SOCK_PATH_MAX:
-            raise LauncherError(f"the state directory path is too long for a unix socket: {run}")
         if count:
             for name in ("upper", "work"):
                 os.chown(run / name, first, first)
@@ -375,14 +380,22 @@ class NamespaceLauncher(Backend):
     async def _attach(self, live: _Live) -> None:
         assert self._loop is not None
         wid = live.record.id
-        path = str(self._dir(wid) / "run" / "ctl.sock")
 
         def closed() -> None:
             live.ended.set()
             if live.exit_task is None or live.exit_task.done():
                 live.exit_task = asyncio.get_running_loop().create_task(self._finish(wid))
 
-        live.control = Control(self._loop, path, closed)
+        # Through a directory descriptor: the state path may be longer than a unix socket path allows.
+        fd = os.open(self._dir(wid) / "run", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            live.control = Control(self._loop, f"/proc/self/fd/{fd}/ctl.sock", closed)
+        except OSError:
+            # The init has already ended (a command that exits at once): finish as for any exit.
+            live.control = None
+            closed()
+        finally:
+            os.close(fd)
 
     # --- the end of a run -----------------------------------------------------------
     async def _finish(self, workspace_id: str) -> None:
@@ -499,8 +512,12 @@ class NamespaceLauncher(Backend):
                 self._signal(live, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.ended.wait(), 10)
-            if not live.ended.is_set() and live.control is not None:
-                live.control.close()
+            if not live.ended.is_set():
+                if live.control is not None:
+                    live.control.close()
+                elif live.exit_task is None:
+                    live.ended.set()
+                    live.exit_task = asyncio.get_running_loop().create_task(self._finish(workspace_id))
             await live.finalized.wait()
             return live.record
 
@@ -607,8 +624,11 @@ class NamespaceLauncher(Backend):
 
     # --- records ---------------------------------------------------------------------
     async def _save(self, live: _Live) -> None:
-        data = _to_json(live)
-        await asyncio.to_thread(_write_atomic, self._dir(live.record.id) / "record.json", data)
+        # One writer at a time, each writing the record as it is when its turn comes:
+        # the file always ends with the latest state.
+        async with live.save_lock:
+            data = _to_json(live)
+            await asyncio.to_thread(_write_atomic, self._dir(live.record.id) / "record.json", data)
 
     async def _adopt(self, workspace_id: str) -> None:
         wdir = self._dir(workspace_id)
