@@ -93,6 +93,7 @@ class _Live:
     limits: Limits = dataclasses.field(default_factory=Limits)
     init_pid: int = 0
     init_start: int = 0
+    shim_pid: int = 0
     shim: subprocess.Popen[bytes] | None = None
     control: Control | None = None
     ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -304,6 +305,7 @@ class NamespaceLauncher(Backend):
         if not line.startswith("ok "):
             raise LauncherError(line.removeprefix("error ").strip() or "the workspace did not start")
         live.shim = shim
+        live.shim_pid = shim.pid
         live.init_pid = int(line.split()[1])
         live.init_start = _start_time(live.init_pid)
         await self._attach(live)
@@ -428,7 +430,8 @@ class NamespaceLauncher(Backend):
         path = self._dir(live.record.id) / "run" / "exit"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if live.shim is not None and live.shim.poll() is not None and not path.exists():
+            shim_gone = (live.shim.poll() is not None) if live.shim is not None else not _alive(live.shim_pid)
+            if shim_gone and not path.exists():
                 break
             try:
                 return int(path.read_text().strip())
@@ -640,18 +643,17 @@ class NamespaceLauncher(Backend):
             return
         run = wdir / "run"
         with contextlib.suppress(OSError, ValueError):
-            _shim_pid, init_pid = (int(x) for x in (run / "pid").read_text().split())
-            live.init_pid = init_pid
+            shim_pid, init_pid = (int(x) for x in (run / "pid").read_text().split())
+            live.init_pid, live.shim_pid = init_pid, shim_pid
         if live.init_pid and live.init_start and _start_time(live.init_pid) == live.init_start:
-            try:
-                await self._attach(live)
-            except OSError:
-                pass
-            else:
+            await self._attach(live)
+            if not live.ended.is_set():
                 live.record = dataclasses.replace(live.record, state=RUNNING)
                 await self._save(live)
                 log.info("event=workspace_adopted id=%s pid=%d", workspace_id, live.init_pid)
                 return
+            await live.finalized.wait()
+            return
         # Gone, or half-started when the gateway died: keep its data, clean up the rest.
         live.stop_requested = live.record.state == STOPPING
         await self._finish(workspace_id)
@@ -665,6 +667,16 @@ def _start_time(pid: int) -> int:
     except OSError:
         return -1
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _read_all(path: Path) -> bytes:
