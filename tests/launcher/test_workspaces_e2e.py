@@ -81,7 +81,8 @@ async def test_only_the_owner_reaches_a_private_port(gateway_factory: Callable[.
         assert first.status == 302 and "/auth/host" in first.last.headers["Location"]
         # Bob cannot change its visibility.
         bob_csrf = json.loads((await bob.go(gw.url(DOMAIN, "/api/v1/me"))).text)["csrf_token"]
-        status, _ = await api(bob, gw, bob_csrf, "PATCH", f"/api/v1/workspaces/{wid}/ports/8000", {"visibility": "public"})
+        to_public = {"visibility": "public"}
+        status, _ = await api(bob, gw, bob_csrf, "PATCH", f"/api/v1/workspaces/{wid}/ports/8000", to_public)
         assert status == 404
         # A port nothing listens on: a clear page for the owner.
         nothing = await alice.go(port_url(gw, wid, 8123, "/"))
@@ -117,12 +118,13 @@ async def test_public_then_private_again_closes_anonymous_connections(gateway_fa
         host = f"8000-{wid}.ws.{DOMAIN}"
         _, head = raw_get(gw, host)
         assert head.startswith(b"HTTP/1.1 302")
-        status, w = await api(alice, gw, csrf, "PATCH", f"/api/v1/workspaces/{wid}/ports/8000", {"visibility": "public"})
+        patch = f"/api/v1/workspaces/{wid}/ports/8000"
+        status, w = await api(alice, gw, csrf, "PATCH", patch, {"visibility": "public"})
         assert status == 200 and w["ports"][0]["visibility"] == "public"  # type: ignore[index]
         conn, head = raw_get(gw, host)
         assert head.startswith(b"HTTP/1.1 200"), head
         # The anonymous keep-alive connection is open; making the port private closes it.
-        status, _ = await api(alice, gw, csrf, "PATCH", f"/api/v1/workspaces/{wid}/ports/8000", {"visibility": "private"})
+        status, _ = await api(alice, gw, csrf, "PATCH", patch, {"visibility": "private"})
         assert status == 200
         conn.settimeout(5)  # type: ignore[attr-defined]
         try:
@@ -231,7 +233,8 @@ async def test_a_workspace_that_ended_while_the_gateway_was_down_is_cleaned_up(
     gw = gateway_factory(CONFIG)
     alice, csrf = await signed_in(gw, "alice")
     try:
-        _, w = await api(alice, gw, csrf, "POST", "/api/v1/workspaces", {"command": "echo kept > /workspace/f; sleep 1000"})
+        body = {"command": "echo kept > /workspace/f; sleep 1000"}
+        _, w = await api(alice, gw, csrf, "POST", "/api/v1/workspaces", body)
         wid = w["id"]  # type: ignore[index]
         _, token = await api(alice, gw, csrf, "POST", "/api/v1/tokens", {"name": "t", "scopes": ["api"]})
     finally:
