@@ -27,7 +27,7 @@ from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
 from gateway.proxy import ClientConnection, UpstreamPool
 from gateway.wiring import build_auth
-from launcher.base import Backend, Limits, Workspace
+from launcher.base import Backend, LauncherError, Limits, Workspace
 from launcher.namespaces import LauncherSettings, NamespaceLauncher
 from routing.table import RouteTable, Upstream
 
@@ -150,9 +150,16 @@ class Gateway:
         from gateway.app import build_app, build_redirect_app
 
         if self.launcher is not None:
-            await self.launcher.open()
-            for w in self.launcher.workspaces():
-                self.workspace_changed(w)
+            try:
+                await self.launcher.open()
+            except (LauncherError, OSError) as e:
+                # The gateway still serves everything else; the API says the launcher is off.
+                event(log, logging.ERROR, "the embedded launcher cannot run; it is off", reason=str(e))
+                self.launcher = None
+                self.pool.workspaces = None
+            else:
+                for w in self.launcher.workspaces():
+                    self.workspace_changed(w)
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         self.server = await self.loop.create_server(
