@@ -258,3 +258,18 @@ async def test_a_workspace_that_ended_while_the_gateway_was_down_is_cleaned_up(
     assert not (state / "workspaces" / wid / "run").exists()
     assert (state / "workspaces" / wid / "backup.wsb").exists()
     assert not workspace_processes(state)
+
+
+async def test_without_a_compiler_the_gateway_serves_and_says_the_launcher_is_off(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    empty = tmp_path / "no-init-here"
+    empty.mkdir()
+    gw = gateway_factory(CONFIG, env={"CC": "/bin/false", "WSGATE_INIT_DIR": str(empty)})
+    alice, csrf = await signed_in(gw, "alice")
+    try:
+        status, answer = await api(alice, gw, csrf, "POST", "/api/v1/workspaces", {"command": "true"})
+        assert status == 503 and "launcher is off" in answer["error"]  # type: ignore[index]
+    finally:
+        await alice.close()
+    assert any("launcher cannot run" in str(e.get("msg", "")) for e in gw.log_events()), gw.logs()[-2000:]
