@@ -43,6 +43,19 @@ def ok(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
 
 
+async def json_body(request: web.Request, what: str = "the request") -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the 4xx answer that says what is wrong with it."""
+    if request.content_type != "application/json":
+        return error(415, f"send {what} as application/json")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return error(400, "expected a JSON object")
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     principal: Principal
@@ -113,14 +126,9 @@ class API:
         c = await self.caller(request)
         if isinstance(c, web.Response):
             return c
-        if request.content_type != "application/json":
-            return error(415, "send the token request as application/json")
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return error(400, "the body is not valid JSON")
-        if not isinstance(body, dict):
-            return error(400, "expected a JSON object")
+        body = await json_body(request, "the token request")
+        if isinstance(body, web.Response):
+            return body
         unknown = sorted(set(body) - {"name", "scopes", "expires_in"})
         if unknown:
             return error(400, f"{unknown[0]}: unknown field", field=unknown[0])

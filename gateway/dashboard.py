@@ -24,7 +24,7 @@ from auth.sessions import Session
 from gateway.api import API
 from gateway.logs import event
 from gateway.signin import PAGE_HEADERS, gateway_cookie, logout_form, not_found_page, page, redirect
-from gateway.workspaces_api import WorkspacesAPI, parse_start
+from gateway.workspaces_api import WorkspacesAPI, parse_start, visible_workspace
 from launcher.base import FAILED, LIVE, PRIVATE, PUBLIC, LauncherError, StartRequest, Workspace, is_id
 
 if TYPE_CHECKING:
@@ -117,13 +117,7 @@ class Dashboard:
         return sorted(found, key=lambda w: w.created, reverse=True)
 
     def _visible(self, session: Session, workspace_id: str) -> Workspace | None:
-        """The workspace when its owner (or an admin) asks; None, exactly as for a missing id, otherwise."""
-        assert self.gw.launcher is not None
-        w = self.gw.launcher.get(workspace_id)
-        if w is None or w.kind != "workspace":
-            return None
-        p = session.principal
-        return w if w.owner == p.identity or self.gw.auth.policy.is_admin(p) else None
+        return visible_workspace(self.gw, session.principal, workspace_id)
 
     # --- the page ----------------------------------------------------------------------
     async def home(self, request: web.Request) -> web.Response:

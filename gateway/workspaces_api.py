@@ -7,23 +7,25 @@ same 404 as for an id that does not exist.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.api import API, Caller, error, ok
+from auth.principal import Principal
+from gateway.api import API, Caller, error, json_body, ok
 from gateway.logs import event
 from launcher.base import (
     FAILED,
     PRIVATE,
+    Backend,
     LauncherError,
     NotRunning,
     PortSpec,
     StartRequest,
     Workspace,
+    check_request,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +35,14 @@ log = logging.getLogger("wsgate.api")
 
 _FIELDS = {"command", "base", "env", "ports", "ide_port"}
 NOT_FOUND = "no such workspace"
+
+
+def visible_workspace(gw: Gateway, principal: Principal, workspace_id: str) -> Workspace | None:
+    """The workspace when its owner (or an admin) asks; None, exactly as for a missing id, otherwise."""
+    w = gw.launcher.get(workspace_id) if gw.launcher is not None else None
+    if w is None or w.kind != "workspace":
+        return None
+    return w if w.owner == principal.identity or gw.auth.policy.is_admin(principal) else None
 
 
 class WorkspacesAPI:
@@ -57,14 +67,17 @@ class WorkspacesAPI:
             return error(503, "the embedded launcher is off on this gateway")
         return await self.api.caller(request)
 
-    def _visible(self, caller: Caller, workspace_id: str) -> Workspace | None:
-        assert self.gw.launcher is not None
-        w = self.gw.launcher.get(workspace_id)
-        if w is None or w.kind != "workspace":
-            return None
-        if w.owner == caller.principal.identity or self.gw.auth.policy.is_admin(caller.principal):
-            return w
-        return None
+    async def _owned(self, request: web.Request) -> tuple[Caller, Workspace, Backend] | web.Response:
+        """The caller and the workspace named in the path, or the answer when it is not theirs to see."""
+        c = await self._caller(request)
+        if isinstance(c, web.Response):
+            return c
+        launcher = self.gw.launcher
+        assert launcher is not None
+        w = visible_workspace(self.gw, c.principal, request.match_info["id"])
+        if w is None:
+            return error(404, NOT_FOUND)
+        return c, w, launcher
 
     def describe(self, w: Workspace) -> dict[str, Any]:
         cfg = self.gw.config
@@ -90,7 +103,7 @@ class WorkspacesAPI:
             "error": w.error,
         }
         if w.state == FAILED and self.gw.launcher is not None:
-            data["output_tail"] = getattr(self.gw.launcher, "tail", lambda _i: "")(w.id)
+            data["output_tail"] = self.gw.launcher.tail(w.id)
         return data
 
     # --- handlers ------------------------------------------------------------------
@@ -107,20 +120,17 @@ class WorkspacesAPI:
         return ok({"workspaces": [self.describe(w) for w in mine]})
 
     async def get(self, request: web.Request) -> web.Response:
-        c = await self._caller(request)
-        if isinstance(c, web.Response):
-            return c
-        w = self._visible(c, request.match_info["id"])
-        if w is None:
-            return error(404, NOT_FOUND)
-        return ok(self.describe(w))
+        got = await self._owned(request)
+        if isinstance(got, web.Response):
+            return got
+        return ok(self.describe(got[1]))
 
     async def create(self, request: web.Request) -> web.Response:
         c = await self._caller(request)
         if isinstance(c, web.Response):
             return c
         assert self.gw.launcher is not None
-        body = await _json_body(request)
+        body = await json_body(request)
         if isinstance(body, web.Response):
             return body
         try:
@@ -135,40 +145,31 @@ class WorkspacesAPI:
         return ok(self.describe(w), 201)
 
     async def start(self, request: web.Request) -> web.Response:
-        c = await self._caller(request)
-        if isinstance(c, web.Response):
-            return c
-        w = self._visible(c, request.match_info["id"])
-        if w is None:
-            return error(404, NOT_FOUND)
-        assert self.gw.launcher is not None
+        got = await self._owned(request)
+        if isinstance(got, web.Response):
+            return got
+        _, w, launcher = got
         try:
-            w = await self.gw.launcher.start(StartRequest(owner=w.owner, command=w.command), workspace_id=w.id)
+            w = await launcher.start(StartRequest(owner=w.owner, command=w.command), workspace_id=w.id)
         except LauncherError as e:
             return error(409, str(e))
         return ok(self.describe(w))
 
     async def stop(self, request: web.Request) -> web.Response:
-        c = await self._caller(request)
-        if isinstance(c, web.Response):
-            return c
-        w = self._visible(c, request.match_info["id"])
-        if w is None:
-            return error(404, NOT_FOUND)
-        assert self.gw.launcher is not None
-        w = await self.gw.launcher.stop(w.id)
+        got = await self._owned(request)
+        if isinstance(got, web.Response):
+            return got
+        c, w, launcher = got
+        w = await launcher.stop(w.id)
         event(log, logging.INFO, "workspace stopped", id=w.id, by=c.principal.identity)
         return ok(self.describe(w))
 
     async def delete(self, request: web.Request) -> web.Response:
-        c = await self._caller(request)
-        if isinstance(c, web.Response):
-            return c
-        w = self._visible(c, request.match_info["id"])
-        if w is None:
-            return error(404, NOT_FOUND)
-        assert self.gw.launcher is not None
-        await self.gw.launcher.delete(w.id)
+        got = await self._owned(request)
+        if isinstance(got, web.Response):
+            return got
+        c, w, launcher = got
+        await launcher.delete(w.id)
         event(log, logging.INFO, "workspace deleted", id=w.id, by=c.principal.identity)
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
 
@@ -184,7 +185,7 @@ class WorkspacesAPI:
         raw = request.match_info["port"]
         if not raw.isdigit() or not 1 <= int(raw) <= 65535:
             return error(400, "port: not a port number (1-65535)", field="port")
-        body = await _json_body(request)
+        body = await json_body(request)
         if isinstance(body, web.Response):
             return body
         unknown = sorted(set(body) - {"visibility"})
@@ -198,13 +199,10 @@ class WorkspacesAPI:
         return ok(self.describe(w))
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        c = await self._caller(request)
-        if isinstance(c, web.Response):
-            return c
-        w = self._visible(c, request.match_info["id"])
-        if w is None:
-            return error(404, NOT_FOUND)
-        assert self.gw.launcher is not None
+        got = await self._owned(request)
+        if isinstance(got, web.Response):
+            return got
+        _, w, launcher = got
         follow = request.query.get("follow", "0") not in ("0", "false", "no")
         resp = web.StreamResponse(
             headers={
@@ -217,24 +215,12 @@ class WorkspacesAPI:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         try:
-            async for chunk in self.gw.launcher.follow(w.id, live=follow):
+            async for chunk in launcher.follow(w.id, live=follow):
                 await resp.write(chunk)
         except (ConnectionResetError, NotRunning):
             return resp
         await resp.write_eof()
         return resp
-
-
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
-    if request.content_type != "application/json":
-        return error(415, "send the request as application/json")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return error(400, "the body is not valid JSON")
-    if not isinstance(body, dict):
-        return error(400, "expected a JSON object")
-    return body
 
 
 def _field_error(message: str, status: int = 400) -> web.Response:
@@ -281,8 +267,6 @@ def parse_start(body: Mapping[str, Any], owner: str) -> StartRequest:
     ide_port = body.get("ide_port")
     if ide_port is not None and (not isinstance(ide_port, int) or isinstance(ide_port, bool)):
         raise LauncherError("ide_port: expected an integer")
-    from launcher.base import check_request
-
     req = StartRequest(owner=owner, command=command, base=base, env=env, ports=tuple(ports), ide_port=ide_port)
     check_request(req)
     return req

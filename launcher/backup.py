@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tarfile
 import threading
@@ -226,8 +227,6 @@ def _create(tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, name: str, id
 
 
 def _remove(path: Path) -> None:
-    import shutil
-
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():

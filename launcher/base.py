@@ -180,5 +180,9 @@ class Backend(ABC):
         """The workspace's output so far, then (live) what it writes until it ends."""
 
     @abstractmethod
+    def tail(self, workspace_id: str) -> str:
+        """The last lines of the output, shown with a failed workspace."""
+
+    @abstractmethod
     def subscribe(self, listener: Listener) -> None:
         """Call listener with the new record at every state or visibility change."""
