@@ -14,6 +14,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import os
 import socket
 from collections.abc import Callable
 
@@ -89,17 +90,16 @@ class Control:
     @staticmethod
     def _check(data: bytes, fds: list[int]) -> socket.socket | None:
         sock: socket.socket | None = None
-        for i, fd in enumerate(fds):
+        for fd in fds:
             try:
                 candidate = socket.socket(fileno=fd)
             except OSError:
                 with contextlib.suppress(OSError):
-                    import os
-
                     os.close(fd)
                 continue
             # Exactly one plain, unconnected IPv4 TCP socket, or nothing.
-            ok = i == 0 and data == b"S" and candidate.family == socket.AF_INET and candidate.type == socket.SOCK_STREAM
+            plain = candidate.family == socket.AF_INET and candidate.type == socket.SOCK_STREAM
+            ok = len(fds) == 1 and data == b"S" and plain
             if ok:
                 try:
                     candidate.getpeername()
