@@ -1,13 +1,14 @@
 """The access policy every route is checked against.
 
-Levels: `public`, `authenticated`, `team:<name>`, `owner` (a workspace's
-creator) and `admin`. A team is either defined in the config (members drawn
+Levels: `public`, `authenticated`, `team:<name>`, `users:<identity>,...`,
+`owner` (a workspace's creator) and `admin`. A team is either defined in the config (members drawn
 from provider groups and named identities) or, when no team has that name, a
 qualified provider group such as `team:github:acme` or `team:github:acme/devs`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -19,29 +20,50 @@ AUTHENTICATED: Final = "authenticated"
 TEAM: Final = "team"
 OWNER: Final = "owner"
 ADMIN: Final = "admin"
+USERS: Final = "users"
+_IDENTITY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}:[^\s,:]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Who may use a route. `subject` is the team name or the owner's identity."""
+    """Who may use a route. `subject` is the team name or the owner's identity; `users` the listed identities."""
 
     level: str
     subject: str = ""
+    users: frozenset[str] = frozenset()
 
     def __str__(self) -> str:
-        return f"{self.level}:{self.subject}" if self.level == TEAM else self.level
+        if self.level == TEAM:
+            return f"{self.level}:{self.subject}"
+        if self.level == USERS:
+            return "users:" + ",".join(sorted(self.users))
+        return self.level
 
 
 PUBLIC_ACCESS: Final = Access(PUBLIC)
 
 
+def is_identity(text: str) -> bool:
+    """`<provider>:<user id>`, as `Principal.identity` spells it."""
+    return _IDENTITY.fullmatch(text) is not None
+
+
 def parse_access(text: str) -> Access:
-    """`public` | `authenticated` | `admin` | `team:<name>`; raises ValueError otherwise."""
+    """`public` | `authenticated` | `admin` | `team:<name>` | `users:<identity>[,<identity>...]`.
+
+    Raises ValueError saying what is wrong.
+    """
     if text in (PUBLIC, AUTHENTICATED, ADMIN):
         return Access(text)
     if text.startswith("team:") and len(text) > 5 and text == text.strip():
         return Access(TEAM, text[5:].lower())
-    raise ValueError(f"unknown access level {text!r}")
+    if text.startswith("users:"):
+        users = [u.strip() for u in text[6:].split(",")]
+        bad = [u for u in users if not is_identity(u)]
+        if bad or not users:
+            raise ValueError(f"users: {bad[0] if bad else text!r} is not an identity (<provider>:<user id>)")
+        return Access(USERS, users=frozenset(users))
+    raise ValueError(f"unknown access level {text!r} (public, authenticated, admin, team:<name> or users:<ids>)")
 
 
 def owner_access(identity: str) -> Access:
@@ -89,4 +111,6 @@ class Policy:
             return principal.identity in self.admins
         if level == TEAM:
             return self.in_team(principal, access.subject)
+        if level == USERS:
+            return principal.identity in access.users
         return False
