@@ -63,6 +63,15 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputFile:
+    """A file a run left in its outputs directory: path relative to it, and its digest."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Per-workspace resource limits; 0 means no limit."""
 
@@ -82,6 +91,10 @@ class StartRequest:
     limits: Limits | None = None
     kind: str = "workspace"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Relative to /workspace: files left there are digested when the run ends (prebuild outputs).
+    outputs_dir: str = ""
+    # The output kept, in bytes; 0 = the launcher's default.
+    log_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,9 @@ class Workspace:
     error: str = ""
     kind: str = "workspace"
     labels: Mapping[str, str] = field(default_factory=dict)
+    outputs_dir: str = ""
+    outputs: tuple[OutputFile, ...] = ()
+    log_bytes: int = 0
 
     def port(self, number: int) -> PortSpec | None:
         return next((p for p in self.ports if p.number == number), None)
@@ -137,6 +153,12 @@ def check_request(req: StartRequest) -> None:
         seen.add(p.number)
     if req.ide_port is not None and not 1 <= req.ide_port <= 65535:
         raise LauncherError("ide_port: not a port number (1-65535)")
+    if req.outputs_dir:
+        parts = req.outputs_dir.split("/")
+        if req.outputs_dir.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise LauncherError("outputs_dir: a relative path under /workspace without '.', '..' or '//'")
+    if req.log_bytes and not 4096 <= req.log_bytes <= 1 << 30:
+        raise LauncherError("log_bytes: from 4096 to 1 GiB")
 
 
 Listener = Callable[[Workspace], None]

@@ -356,6 +356,11 @@ static int clone_entry(void *arg) {
 
 static void append_log(int *fd, off_t *size, const char *data, size_t len) {
     char path[PATH_MAX], old[PATH_MAX];
+    if ((off_t)len > log_cap) {
+        /* A read larger than a whole file: only its end can be kept. */
+        data += len - (size_t)log_cap;
+        len = (size_t)log_cap;
+    }
     if (*size + (off_t)len > log_cap) {
         /* Two files of at most log_cap bytes each: the log stays bounded. */
         snprintf(path, sizeof path, "%s/output.log", dir);

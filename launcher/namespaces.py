@@ -5,7 +5,8 @@ Layout under the state directory (`<state>/workspaces/<id>/`, mode 0711):
 - ``record.json``: what the workspace is (owner, command, ports, state), with
   its environment sealed by the launcher keyring (AES-256-GCM, key id inside);
 - ``backup.wsb``: the sealed tar of ``/workspace`` made when it last stopped;
-- ``output.log`` (+ ``.1``): the bounded output, kept after it stops;
+- ``output.log.sealed``: the bounded output of the last run, sealed like the
+  backup when it stops (while it runs, ``run/output.log`` + ``.1``);
 - ``run/``: exists while it runs: the writable layer (``upper``), the overlay's
   ``work``, the mount points, the init's control socket, ``pid`` and ``exit``.
 
@@ -49,6 +50,7 @@ from .base import (
     Limits,
     Listener,
     NotRunning,
+    OutputFile,
     PortSpec,
     StartRequest,
     Workspace,
@@ -59,6 +61,7 @@ from .base import (
 from .build import init_binary
 from .cgroups import Cgroups
 from .control import Control
+from .outputs import digest_outputs
 
 log = logging.getLogger("wsgate.launcher")
 
@@ -201,6 +204,8 @@ class NamespaceLauncher(Backend):
                 created=time.time(),
                 kind=req.kind,
                 labels=dict(req.labels),
+                outputs_dir=req.outputs_dir,
+                log_bytes=req.log_bytes,
             )
             live = _Live(
                 record,
@@ -218,7 +223,7 @@ class NamespaceLauncher(Backend):
                 if live.record.state in LIVE:
                     return live.record
                 live.record = dataclasses.replace(
-                    live.record, state=STARTING, exit_code=None, error="", finished=None, started=None
+                    live.record, state=STARTING, exit_code=None, error="", finished=None, started=None, outputs=()
                 )
             if sum(1 for w in self._live.values() if w.record.state in LIVE) > self.settings.max_workspaces:
                 live.record = dataclasses.replace(live.record, state=FAILED, error="too many workspaces are running")
@@ -288,7 +293,7 @@ class NamespaceLauncher(Backend):
             "-b",
             live.record.base,
             "-l",
-            str(self.settings.log_bytes // 2),
+            str((live.record.log_bytes or self.settings.log_bytes) // 2),
         ]
         if count:
             args += ["-u", str(first), "-g", str(first), "-k", str(count)]
@@ -370,10 +375,11 @@ class NamespaceLauncher(Backend):
             if count:
                 os.chown(target, first, first)
         # A previous run's output stays readable until this one writes its own.
-        for suffix in ("", ".1"):
-            old = wdir / f"output.log{suffix}"
-            if old.exists():
-                os.replace(old, run / f"output.log{suffix}")
+        previous = self._sealed_log(wid)
+        if previous:
+            fd = os.open(run / "output.log.1", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(previous)
         try:
             return self.cgroups.create(wid, live.limits)
         except OSError as e:
@@ -407,8 +413,9 @@ class NamespaceLauncher(Backend):
             return
         code = await self._exit_code(live)
         error = ""
+        outputs: tuple[OutputFile, ...] = ()
         try:
-            await asyncio.to_thread(self._save_run, live)
+            outputs = await asyncio.to_thread(self._save_run, live)
         except LauncherError as e:
             error = str(e)
             log.error("event=backup_failed id=%s error=%r", workspace_id, error)
@@ -419,7 +426,9 @@ class NamespaceLauncher(Backend):
         else:
             state = FAILED
             error = error or f"exited with code {code}"
-        live.record = dataclasses.replace(live.record, state=state, exit_code=code, error=error, finished=time.time())
+        live.record = dataclasses.replace(
+            live.record, state=state, exit_code=code, error=error, finished=time.time(), outputs=outputs
+        )
         live.control = None
         await self._save(live)
         live.finalized.set()
@@ -441,8 +450,11 @@ class NamespaceLauncher(Backend):
             live.shim.poll()
         return None
 
-    def _save_run(self, live: _Live) -> None:
-        """Backs up /workspace, keeps the output, removes the run directory and the cgroups."""
+    def _save_run(self, live: _Live) -> tuple[OutputFile, ...]:
+        """Backs up /workspace, seals the output, removes the run directory and the cgroups.
+
+        Returns the digests of the files left in the outputs directory, if the run has one.
+        """
         assert self.keyring is not None and self.cgroups is not None
         wid = live.record.id
         wdir = self._dir(wid)
@@ -451,21 +463,40 @@ class NamespaceLauncher(Backend):
         first, _count = self._ids(live)
         error: LauncherError | None = None
         source = run / "upper" / "workspace"
+        outputs: tuple[OutputFile, ...] = ()
+        if live.record.outputs_dir and source.is_dir() and not source.is_symlink():
+            try:
+                outputs = digest_outputs(str(source), live.record.outputs_dir)
+            except (LauncherError, OSError) as e:
+                error = LauncherError(f"the outputs could not be read: {e}")
         if source.is_dir() and not source.is_symlink():
             try:
                 backup.archive(self.keyring, source, wdir / "backup.wsb", wid, first)
             except (LauncherError, OSError) as e:
                 error = LauncherError(f"the backup of /workspace failed: {e}")
-        for suffix in (".1", ""):
-            log_file = run / f"output.log{suffix}"
-            if log_file.is_file() and not log_file.is_symlink():
-                os.replace(log_file, wdir / f"output.log{suffix}")
-            else:
-                (wdir / f"output.log{suffix}").unlink(missing_ok=True)
+        output = b"".join(_read_all(run / f"output.log{suffix}") for suffix in (".1", ""))
+        sealed = self.keyring.seal(output, aad=_log_aad(wid))
+        _write_atomic_bytes(wdir / "output.log.sealed", sealed)
+        for suffix in (".1", ""):  # plaintext left by an older version
+            (wdir / f"output.log{suffix}").unlink(missing_ok=True)
         self._cleanup_run(wid)
         self.cgroups.remove(wid)
         if error is not None:
             raise error
+        return outputs
+
+    def _sealed_log(self, workspace_id: str) -> bytes:
+        """The kept output of the last finished run, decrypted; b"" when there is none."""
+        assert self.keyring is not None
+        wdir = self._dir(workspace_id)
+        blob = _read_all(wdir / "output.log.sealed")
+        if not blob:
+            return b"".join(_read_all(wdir / f"output.log{suffix}") for suffix in (".1", ""))
+        try:
+            return self.keyring.open(blob, aad=_log_aad(workspace_id))
+        except (EnvelopeError, ValueError):
+            log.error("event=log_unreadable id=%s", workspace_id)
+            return b"[wsgate: the kept output cannot be decrypted]\n"
 
     def _kill_leftovers(self, live: _Live) -> None:
         """Nothing of the workspace may outlive it: its init, then anything left in its cgroups."""
@@ -579,16 +610,19 @@ class NamespaceLauncher(Backend):
         if item is None:
             return
         wdir = self._dir(workspace_id)
-        for old in (wdir / "run" / "output.log.1", wdir / "output.log.1"):
-            data = await asyncio.to_thread(_read_all, old)
+        if item.record.state not in LIVE:
+            data = await asyncio.to_thread(self._sealed_log, workspace_id)
             if data:
                 yield data
-                break
+            return
+        data = await asyncio.to_thread(_read_all, wdir / "run" / "output.log.1")
+        if data:
+            yield data
         current: Any = None
         inode = -1
         while True:
             running = item.record.state in LIVE and self._live.get(workspace_id) is item
-            path = wdir / "run" / "output.log" if (wdir / "run" / "output.log").exists() else wdir / "output.log"
+            path = wdir / "run" / "output.log"
             with contextlib.suppress(OSError):
                 st = path.stat()
                 if st.st_ino != inode:
@@ -611,19 +645,23 @@ class NamespaceLauncher(Backend):
                     current.close()
                     if rest:
                         yield rest
+                elif not running:
+                    # It ended before anything was read: what it wrote is sealed by now.
+                    data = await asyncio.to_thread(self._sealed_log, workspace_id)
+                    if data:
+                        yield data
                 return
             await asyncio.sleep(0.02)
 
     def tail(self, workspace_id: str) -> str:
         """The last lines of the output, for a failed workspace's status."""
-        wdir = self._dir(workspace_id)
-        for path in (wdir / "run" / "output.log", wdir / "output.log"):
-            with contextlib.suppress(OSError), open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - _TAIL_BYTES))
-                lines = f.read().decode(errors="replace").splitlines()
-                return "\n".join(lines[-_TAIL_LINES:])
-        return ""
+        with contextlib.suppress(OSError), open(self._dir(workspace_id) / "run" / "output.log", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            lines = f.read().decode(errors="replace").splitlines()
+            return "\n".join(lines[-_TAIL_LINES:])
+        data = self._sealed_log(workspace_id)[-_TAIL_BYTES:]
+        return "\n".join(data.decode(errors="replace").splitlines()[-_TAIL_LINES:])
 
     # --- records ---------------------------------------------------------------------
     async def _save(self, live: _Live) -> None:
@@ -698,6 +736,21 @@ def _write_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _log_aad(workspace_id: str) -> bytes:
+    # Bound to the workspace: a sealed log copied into another workspace's directory does not open.
+    return b"wsgate-log:" + workspace_id.encode()
+
+
 def _to_json(live: _Live) -> str:
     w = live.record
     return json.dumps(
@@ -717,6 +770,9 @@ def _to_json(live: _Live) -> str:
             "error": w.error,
             "kind": w.kind,
             "labels": dict(w.labels),
+            "outputs_dir": w.outputs_dir,
+            "outputs": [{"path": o.path, "sha256": o.sha256, "size": o.size} for o in w.outputs],
+            "log_bytes": w.log_bytes,
             "slot": live.slot,
             "env_sealed": live.env_sealed,
             "init_start": live.init_start,
@@ -744,6 +800,9 @@ def _from_json(raw: Mapping[str, Any]) -> _Live:
         error=raw.get("error", ""),
         kind=raw.get("kind", "workspace"),
         labels=raw.get("labels", {}),
+        outputs_dir=raw.get("outputs_dir", ""),
+        outputs=tuple(OutputFile(o["path"], o["sha256"], int(o["size"])) for o in raw.get("outputs", ())),
+        log_bytes=int(raw.get("log_bytes", 0)),
     )
     return _Live(
         record,

@@ -171,7 +171,7 @@ async def test_workspace_data_survives_stop_and_start_through_an_encrypted_backu
     backup = launcher.root / w.id / "backup.wsb"
     assert backup.exists() and marker.encode() not in backup.read_bytes()
     # Nothing of the run is left on disk but the record, the backup and the output.
-    assert sorted(p.name for p in (launcher.root / w.id).iterdir()) == ["backup.wsb", "output.log", "record.json"]
+    assert sorted(p.name for p in (launcher.root / w.id).iterdir()) == ["backup.wsb", "output.log.sealed", "record.json"]
     again, out = await restart_and_wait(launcher, w.id)
     assert again.exit_code == 0
     assert f"found {marker} /etc/hostname" in out
@@ -287,3 +287,46 @@ async def test_two_workspaces_get_disjoint_host_id_ranges(launcher: NamespaceLau
     assert abs(ua - ub) >= launcher.settings.id_count
     await launcher.stop(a.id)
     await launcher.stop(b.id)
+
+
+async def test_kept_output_is_sealed_at_rest_and_still_readable(launcher: NamespaceLauncher) -> None:
+    marker = "secret-output-" + os.urandom(6).hex()
+    w, out = await run(launcher, f"echo {marker}; echo second line")
+    assert out == f"{marker}\nsecond line\n"
+    sealed = launcher.root / w.id / "output.log.sealed"
+    assert sealed.stat().st_mode & 0o777 == 0o600
+    assert marker.encode() not in sealed.read_bytes()
+    # Bound to its workspace: the same blob under another id does not open.
+    other, _ = await run(launcher, "true")
+    (launcher.root / other.id / "output.log.sealed").write_bytes(sealed.read_bytes())
+    assert b"cannot be decrypted" in b"".join([c async for c in launcher.follow(other.id, live=False)])
+    # A restart shows the previous run's output until the new one writes its own.
+    again, out = await restart_and_wait(launcher, w.id)
+    assert again.exit_code == 0 and out.count(marker) == 2
+
+
+async def test_outputs_are_digested_without_following_planted_links(launcher: NamespaceLauncher) -> None:
+    command = (
+        "mkdir -p /workspace/.prebuild/outputs/dist && cd /workspace/.prebuild/outputs && "
+        "printf hello > a.txt && head -c 300000 /dev/zero > dist/big.bin && "
+        "ln -s /etc/passwd leak && mkfifo pipe && ln -s / dist/root"
+    )
+    w, _ = await run(launcher, command, outputs_dir=".prebuild/outputs")
+    assert w.exit_code == 0
+    import hashlib
+
+    assert [(o.path, o.size) for o in w.outputs] == [("a.txt", 5), ("dist/big.bin", 300000)]
+    assert w.outputs[0].sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert w.outputs[1].sha256 == hashlib.sha256(bytes(300000)).hexdigest()
+    # Kept in the record across a launcher restart.
+    raw = json.loads((launcher.root / w.id / "record.json").read_text())
+    assert [o["path"] for o in raw["outputs"]] == ["a.txt", "dist/big.bin"]
+    # An outputs directory reached through a link digests nothing of what the link points at.
+    w2, _ = await run(launcher, "mkdir -p /workspace/.prebuild && ln -s /etc /workspace/.prebuild/outputs",
+                      outputs_dir=".prebuild/outputs")
+    assert w2.state == STOPPED and w2.outputs == ()
+
+
+async def test_a_smaller_log_per_request_bounds_what_is_kept(launcher: NamespaceLauncher) -> None:
+    w, out = await run(launcher, "head -c 200000 /dev/zero | tr '\\0' x; echo; echo end", log_bytes=16384)
+    assert len(out) <= 16384 and out.endswith("end\n")
