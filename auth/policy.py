@@ -72,14 +72,20 @@ def owner_access(identity: str) -> Access:
 
 @dataclass(frozen=True, slots=True)
 class Team:
-    """A named team: anyone in one of `groups` (qualified) or listed in `members`."""
+    """A named team: anyone in one of `groups` (qualified) or listed in `members` or `admins`."""
 
     name: str
     groups: frozenset[str] = field(default_factory=frozenset)
     members: frozenset[str] = field(default_factory=frozenset)
+    # Members who may change the team through the API.
+    admins: frozenset[str] = field(default_factory=frozenset)
 
     def has(self, principal: Principal) -> bool:
-        return principal.identity in self.members or not self.groups.isdisjoint(principal.qualified_groups())
+        return (
+            principal.identity in self.members
+            or principal.identity in self.admins
+            or not self.groups.isdisjoint(principal.qualified_groups())
+        )
 
 
 class Policy:
@@ -89,6 +95,10 @@ class Policy:
 
     def is_admin(self, principal: Principal | None) -> bool:
         return principal is not None and principal.identity in self.admins
+
+    def is_team_admin(self, principal: Principal, name: str) -> bool:
+        team = self.teams.get(name)
+        return team is not None and principal.identity in team.admins
 
     def in_team(self, principal: Principal, name: str) -> bool:
         team = self.teams.get(name)

@@ -13,7 +13,6 @@ waits on it: every call runs in a thread), or the shared KV (Redis) when
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -21,11 +20,11 @@ import re
 import secrets
 import sqlite3
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from auth.sqlite import Database
 from auth.store import KV, digest, now
 
 PREFIX: Final = "wsg_"
@@ -144,73 +143,33 @@ def _info(d: dict[str, Any]) -> TokenInfo:
     )
 
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    name TEXT NOT NULL,
-    scopes TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    last_used REAL NOT NULL DEFAULT 0,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tokens_owner ON tokens(owner);
-"""
-
-
 class SQLiteTokenStore(TokenStore):
-    """One connection, opened on first use and used only by the store's own thread.
+    """Tokens in the gateway's SQLite file (auth/sqlite.py), which owns the schema.
 
     Bearer tokens are checked on every request that carries one, so neither a new
-    connection nor a new thread per query: the event loop hands each query to
-    that one thread and never waits on the disk itself.
+    connection nor a new thread per query: `Database` hands each query to its one
+    thread, and the event loop never waits on the disk itself. Given a path, the
+    store opens (and closes) its own `Database`; given one, it shares it.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsgate-tokens")
+    def __init__(self, db: Path | Database) -> None:
+        self._owns_db = not isinstance(db, Database)
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.path = self.db.path
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is not None:
-            return self._db
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10)
-        db.row_factory = sqlite3.Row
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > _SCHEMA_VERSION:
-            db.close()
-            raise RuntimeError(f"{self.path}: written by a newer wsgate (schema {version})")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        db.commit()
-        self.path.chmod(0o600)
-        self._db = db
-        return db
+    async def _run(self, sql: str, args: tuple[Any, ...] = (), *, write: bool = True) -> list[dict[str, Any]]:
+        def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = db.execute(sql, args)
+            rows = [dict(r) for r in cur.fetchall()]
+            if not rows and cur.rowcount > 0:
+                rows = [{"rowcount": cur.rowcount}]
+            return rows
 
-    async def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        def work() -> list[dict[str, Any]]:
-            db = self._connect()
-            with db:
-                cur = db.execute(sql, args)
-                rows = [dict(r) for r in cur.fetchall()]
-                if not rows and cur.rowcount > 0:
-                    rows = [{"rowcount": cur.rowcount}]
-                return rows
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        return await self.db.run(work, write=write)
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
-        self._thread.shutdown(wait=False)
+        if self._owns_db:
+            await self.db.close()
 
     async def _put(self, info: TokenInfo, hashed: str) -> None:
         await self._run(
@@ -219,7 +178,7 @@ class SQLiteTokenStore(TokenStore):
         )
 
     async def _get(self, tid: str) -> tuple[TokenInfo, str] | None:
-        rows = await self._run("SELECT * FROM tokens WHERE id = ?", (tid,))
+        rows = await self._run("SELECT * FROM tokens WHERE id = ?", (tid,), write=False)
         return (_info(rows[0]), str(rows[0]["hash"])) if rows else None
 
     async def _used(self, tid: str, when: float) -> None:
@@ -227,9 +186,9 @@ class SQLiteTokenStore(TokenStore):
 
     async def list(self, owner: str | None = None) -> list[TokenInfo]:
         if owner is None:
-            rows = await self._run("SELECT * FROM tokens ORDER BY created DESC")
+            rows = await self._run("SELECT * FROM tokens ORDER BY created DESC", write=False)
         else:
-            rows = await self._run("SELECT * FROM tokens WHERE owner = ? ORDER BY created DESC", (owner,))
+            rows = await self._run("SELECT * FROM tokens WHERE owner = ? ORDER BY created DESC", (owner,), write=False)
         return [_info(r) for r in rows]
 
     async def revoke(self, tid: str, owner: str | None = None) -> bool:

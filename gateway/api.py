@@ -60,6 +60,25 @@ async def json_body(request: web.Request, what: str = "the request") -> dict[str
 class Caller:
     principal: Principal
     session: Session | None  # None when authenticated by a token
+    scopes: tuple[str, ...] = ()  # the token's scopes; () for a session
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_match(request: web.Request) -> int | web.Response | None:
+    """The version an If-Match header names (None when absent), or the 4xx answer to a malformed one.
+
+    `If-Match: *` means "it must exist", which the caller checks; it maps to None here.
+    """
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    value = raw.strip().removeprefix("W/")
+    if len(value) < 3 or value[0] != '"' or value[-1] != '"' or not value[1:-1].isdigit():
+        return error(400, 'If-Match: expected an ETag this API sent, such as "3"', field="If-Match")
+    return int(value[1:-1])
 
 
 class API:
@@ -83,7 +102,7 @@ class API:
             found = await auth.bearer(token.strip(), "api")
             if found is None:
                 return error(401, "the token is invalid, expired, revoked or lacks the 'api' scope")
-            return Caller(found[1], None)
+            return Caller(found[1], None, found[0].scopes)
         sid = gateway_cookie(request, SESSION_COOKIE)
         session = await auth.session(sid) if sid else None
         if session is None:
@@ -93,6 +112,10 @@ class API:
             if not sent or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
                 return error(403, "missing or wrong X-CSRF-Token header")
         return Caller(session.principal, session)
+
+    def is_admin(self, c: Caller) -> bool:
+        """Admin rights: an admin's session, or an admin's token that carries the 'admin' scope."""
+        return self.gw.auth.policy.is_admin(c.principal) and (c.session is not None or "admin" in c.scopes)
 
     async def me(self, request: web.Request) -> web.Response:
         c = await self.caller(request)

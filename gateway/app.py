@@ -17,7 +17,9 @@ from auth.store import StoreError
 from gateway.api import API
 from gateway.dashboard import Dashboard
 from gateway.logs import event
+from gateway.prebuilds import Prebuilds
 from gateway.signin import SignIn, page
+from gateway.teams_api import TeamsAPI
 from gateway.workspaces_api import WorkspacesAPI
 from routing.table import normalise_host
 
@@ -88,6 +90,9 @@ def build_app(gw: Gateway) -> web.Application:
     api.routes(app)
     workspaces = WorkspacesAPI(gw, api)
     workspaces.routes(app)
+    TeamsAPI(gw, api).routes(app)
+    gw.prebuilds = Prebuilds(gw, api)
+    gw.prebuilds.routes(app)
     # GET / is the dashboard: the sign-in link for anonymous visitors, the person's workspaces otherwise.
     Dashboard(gw, workspaces).routes(app)
     return app

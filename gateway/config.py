@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from auth.policy import PUBLIC, parse_access
+from auth.teams import TeamError, parse_team
 
 DEFAULT_DOMAIN = "wsgate.localhost"
 _PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -201,6 +202,27 @@ class StaticWorkspaceConfig:
 
 
 @dataclass(frozen=True)
+class TeamConfig:
+    """A team fixed in the config (read-only through the API)."""
+
+    name: str = ""
+    # Qualified provider groups: `<provider name>:<org or group>`, e.g. "github:acme-inc".
+    groups: tuple[str, ...] = ()
+    # Identities (`<provider>:<id>`) in the team regardless of groups.
+    members: tuple[str, ...] = ()
+    # Identities that may change the team's members (they are members too).
+    admins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrebuildsConfig:
+    # Output kept per prebuild (sealed at rest when it ends); older output is dropped first.
+    log_bytes: int = 8 << 20
+    # Seconds between checks that a person following a live log may still read it.
+    recheck_interval: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str = DEFAULT_DOMAIN
     state_dir: str = ".wsgate"
@@ -219,6 +241,8 @@ class Config:
     redis_url: str = ""
     routes: tuple[StaticRouteConfig, ...] = ()
     workspaces: tuple[StaticWorkspaceConfig, ...] = ()
+    teams: tuple[TeamConfig, ...] = ()
+    prebuilds: PrebuildsConfig = field(default_factory=PrebuildsConfig)
     # Where the file came from, for messages; not a key.
     source: str = field(default="<embedded defaults>", compare=False)
 
@@ -470,6 +494,25 @@ def check_semantics(cfg: Config, source: str) -> None:
             raise _fail(source, f"{key}.owner", "the creator's identity '<provider>:<id>' (or public = true)", w.owner)
     _check_listen_extra(cfg, source)
     _check_auth(cfg, source)
+    _check_teams(cfg, source)
+
+
+def _check_teams(cfg: Config, source: str) -> None:
+    names: set[str] = set()
+    for i, t in enumerate(cfg.teams):
+        try:
+            parse_team(t.name, {"groups": list(t.groups), "members": list(t.members), "admins": list(t.admins)})
+        except TeamError as e:
+            value = getattr(t, e.field.split("[")[0], t.name) if e.field != "name" else t.name
+            raise ConfigError(f"{source}: key 'teams[{i}].{e.field}': {e.reason}, got {value!r}") from None
+        if t.name in names:
+            raise _fail(source, f"teams[{i}].name", "a name not already used by another team", t.name)
+        names.add(t.name)
+    p = cfg.prebuilds
+    if not 4096 <= p.log_bytes <= 1 << 30:
+        raise _fail(source, "prebuilds.log_bytes", "from 4096 to 1073741824 bytes", p.log_bytes)
+    if not 0.05 <= p.recheck_interval <= 60:
+        raise _fail(source, "prebuilds.recheck_interval", "seconds from 0.05 to 60", p.recheck_interval)
 
 
 def _check_launcher(cfg: Config, source: str) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from auth.policy import Policy
+from auth.docstore import DocStore, RedisDocStore, SQLiteDocStore
+from auth.policy import Policy, Team
 from auth.providers.base import Provider
 from auth.providers.bitbucket import BitbucketProvider
 from auth.providers.dev import DevProvider
@@ -17,7 +18,9 @@ from auth.providers.github import GitHubProvider
 from auth.providers.gitlab import GitLabProvider
 from auth.providers.oidc import OIDCProvider
 from auth.service import AuthService, Settings
+from auth.sqlite import Database
 from auth.store import KV, load_or_create_secret
+from auth.teams import parse_team
 from auth.tokens import KVTokenStore, SQLiteTokenStore, TokenStore
 from certs.envelope import Keyring
 from gateway.config import Config, ConfigError, ProviderConfig
@@ -45,6 +48,21 @@ def token_store(config: Config, kv: KV | None = None) -> TokenStore:
     if config.redis_url:
         return KVTokenStore(kv or KV(config.redis_url))
     return SQLiteTokenStore(config.state_path / "wsgate.db")
+
+
+def build_docs(config: Config) -> DocStore:
+    """Teams, prebuild results (and later rules): SQLite under state_dir, or Redis when shared."""
+    if config.redis_url:
+        return RedisDocStore(config.redis_url)
+    return SQLiteDocStore(Database(config.state_path / "wsgate.db"))
+
+
+def config_teams(config: Config) -> dict[str, Team]:
+    teams: dict[str, Team] = {}
+    for t in config.teams:
+        teams[t.name] = parse_team(t.name, {"groups": list(t.groups), "members": list(t.members),
+                                            "admins": list(t.admins)})
+    return teams
 
 
 def _secret(p: ProviderConfig, where: str) -> str:

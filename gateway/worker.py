@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from auth.policy import PUBLIC, Policy, parse_access
+from auth.policy import PUBLIC, parse_access
+from auth.teams import TeamDirectory
 from certs.localca import ensure_local_ca
 from certs.tls import CertificateError, TLSManager
 from gateway.config import Config
@@ -25,8 +26,9 @@ from gateway.guard import Guard
 from gateway.http1 import TrustedProxies
 from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
+from gateway.prebuilds import Prebuilds
 from gateway.proxy import ClientConnection, UpstreamPool
-from gateway.wiring import build_auth
+from gateway.wiring import build_auth, build_docs, config_teams
 from launcher.base import Backend, LauncherError, Limits, Workspace
 from launcher.namespaces import LauncherSettings, NamespaceLauncher
 from routing.table import RouteTable, Upstream
@@ -93,6 +95,9 @@ class Gateway:
         self.index = index
         self.router = build_router(config)
         self.auth = build_auth(config, warn=index == 0)
+        self.docs = build_docs(config)
+        self.teams = TeamDirectory(self.docs, self.auth.policy, config_teams(config))
+        self.prebuilds: Prebuilds | None = None
         self.guard = self._guard(config)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
         self.metrics = Metrics()
@@ -149,6 +154,9 @@ class Gateway:
     async def start(self, sock: socket.socket, redirect_sock: socket.socket | None = None) -> None:
         from gateway.app import build_app, build_redirect_app
 
+        await self.docs.open()
+        await self.teams.load()
+        self.teams.start()
         if self.launcher is not None:
             try:
                 await self.launcher.open()
@@ -162,6 +170,8 @@ class Gateway:
                     self.workspace_changed(w)
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
+        if self.prebuilds is not None:
+            await self.prebuilds.open()
         self.server = await self.loop.create_server(
             lambda: ClientConnection(self),
             sock=sock,
@@ -251,8 +261,10 @@ class Gateway:
             for w in self.launcher.workspaces():
                 self.workspace_changed(w)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
-        # Admins and allowed origins change in place; providers and stores only on restart.
-        self.auth.policy = Policy(admins=config.auth.admins, teams=self.auth.policy.teams)
+        # Admins, teams and allowed origins change in place; providers and stores only on restart.
+        self.auth.policy.admins = frozenset(config.auth.admins)
+        self.teams.config_teams = config_teams(config)
+        self.spawn(self.teams.load())
         self.guard = self._guard(config)
         self.access_log.enabled = config.log.access_log
         self.pool.connect_timeout = config.proxy.connect_timeout
@@ -311,6 +323,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
         self.access_log.flush()
+        await self.teams.stop()
+        await self.docs.close()
         await self.auth.close()
         self._stopped.set()
 

@@ -466,8 +466,8 @@ class NamespaceLauncher(Backend):
         outputs: tuple[OutputFile, ...] = ()
         if live.record.outputs_dir and source.is_dir() and not source.is_symlink():
             try:
-                outputs = digest_outputs(str(source), live.record.outputs_dir)
-            except (LauncherError, OSError) as e:
+                outputs = digest_outputs(Path(live.record.outputs_dir), within=source)
+            except (ValueError, OSError) as e:
                 error = LauncherError(f"the outputs could not be read: {e}")
         if source.is_dir() and not source.is_symlink():
             try:

@@ -572,3 +572,60 @@ async def test_two_providers_are_listed_and_give_distinct_identities(
         assert (await on_github.go(gw.url(APP_HOST, "/"))).status == 200
         assert (await on_bitbucket.go(gw.url(APP_HOST, "/"))).status == 404
     assert "Traceback" not in gw.logs()
+
+
+# --- teams from provider groups: prebuild logs follow the org within the TTL ------------------------
+
+
+async def test_a_member_removed_from_the_org_loses_a_live_prebuild_log_within_the_ttl(
+    gateway_factory: Callable[..., Gateway], fake_factory: MakeFake
+) -> None:
+    gh = fake_factory("github", github_users(
+        github_user("alice", 1001), github_user("bob", 1002), github_user("carol", 1003),
+        current="alice", orgs={"Acme-Inc": ["alice", "bob"]},
+    ))
+    gw = gateway_factory(
+        f"[auth]\nmembership_ttl = {TTL}\n"
+        "[launcher]\nstop_on_exit = true\nstop_grace = 1\n"
+        "[prebuilds]\nrecheck_interval = 0.1\n"
+        '[[teams]]\nname = "acme"\ngroups = ["github:acme-inc"]\n'
+        + gh.provider_toml("github")
+    )
+    async with Browser(str(gw.ca)) as alice, Browser(str(gw.ca)) as bob, Browser(str(gw.ca)) as carol:
+        assert (await sign_in(alice, gw, main_url(gw, "/auth/login/github?next=/api/v1/me"), "github")).status == 200
+        csrf = (await me(alice, gw))["csrf_token"]
+        started = await alice.go(main_url(gw, "/api/v1/prebuilds"), "POST", data=json.dumps(
+            {"team": "acme", "command": "while true; do echo tick; sleep 0.1; done"}),
+            headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+        assert started.status == 201, started.text
+        pid = json.loads(started.text)["id"]
+        await gh.control("current_user", login="bob")
+        assert (await sign_in(bob, gw, main_url(gw, "/auth/login/github?next=/api/v1/me"), "github")).status == 200
+        await gh.control("current_user", login="carol")
+        assert (await sign_in(carol, gw, main_url(gw, "/auth/login/github?next=/api/v1/me"), "github")).status == 200
+        logs = main_url(gw, f"/prebuilds/{pid}/logs")
+        refused = normalised(await carol.go(logs))
+        assert refused[0] == 404
+        assert normalised(await carol.go(main_url(gw, "/prebuilds/wnosuchprebuild22/logs"))) == refused
+
+        got = b""
+        async with bob.session.get(logs) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                got += chunk
+                if got.count(b"tick") >= 2:
+                    break
+            await gh.control("remove_member", org="Acme-Inc", login="bob")
+            removed = asyncio.get_running_loop().time()
+            async for chunk in resp.content.iter_any():
+                got += chunk
+            cut = asyncio.get_running_loop().time() - removed
+        assert got.endswith(b"[wsgate] stream closed: you can no longer read this prebuild's log\n")
+        print(f"cut {cut * 1000:.0f} ms after the org removal (membership_ttl {TTL * 1000:.0f} ms)")
+        assert cut < TTL + 0.5
+        assert normalised(await bob.go(logs)) == refused
+        # Added back to the org: readable again at the next refresh.
+        await gh.control("add_member", org="Acme-Inc", login="bob")
+        await asyncio.sleep(PAST_TTL)
+        back = await bob.go(logs + "?follow=0")
+        assert back.status == 200 and "tick" in back.text

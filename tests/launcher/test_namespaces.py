@@ -171,7 +171,8 @@ async def test_workspace_data_survives_stop_and_start_through_an_encrypted_backu
     backup = launcher.root / w.id / "backup.wsb"
     assert backup.exists() and marker.encode() not in backup.read_bytes()
     # Nothing of the run is left on disk but the record, the backup and the output.
-    assert sorted(p.name for p in (launcher.root / w.id).iterdir()) == ["backup.wsb", "output.log.sealed", "record.json"]
+    kept = sorted(p.name for p in (launcher.root / w.id).iterdir())
+    assert kept == ["backup.wsb", "output.log.sealed", "record.json"]
     again, out = await restart_and_wait(launcher, w.id)
     assert again.exit_code == 0
     assert f"found {marker} /etc/hostname" in out
@@ -328,5 +329,5 @@ async def test_outputs_are_digested_without_following_planted_links(launcher: Na
 
 
 async def test_a_smaller_log_per_request_bounds_what_is_kept(launcher: NamespaceLauncher) -> None:
-    w, out = await run(launcher, "head -c 200000 /dev/zero | tr '\\0' x; echo; echo end", log_bytes=16384)
+    _, out = await run(launcher, "head -c 200000 /dev/zero | tr '\\0' x; echo; echo end", log_bytes=16384)
     assert len(out) <= 16384 and out.endswith("end\n")
