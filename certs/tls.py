@@ -158,6 +158,10 @@ class TLSManager:
     def pairs(self) -> tuple[CertPair, ...]:
         return self._pairs
 
+    def names(self) -> tuple[str, ...]:
+        """Every DNS name (wildcards included) the loaded certificates are valid for."""
+        return tuple(dict.fromkeys(n for c in self._state.certs for n in c.names))
+
     def covers(self, hostname: str) -> bool:
         """Whether a loaded certificate is valid for ``hostname`` (no fallback to default)."""
         return self._state.lookup(hostname) is not None

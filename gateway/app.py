@@ -18,6 +18,7 @@ from gateway.api import API
 from gateway.dashboard import Dashboard
 from gateway.logs import event
 from gateway.prebuilds import Prebuilds
+from gateway.routes_api import RoutesAPI
 from gateway.signin import SignIn, page
 from gateway.teams_api import TeamsAPI
 from gateway.workspaces_api import WorkspacesAPI
@@ -91,6 +92,7 @@ def build_app(gw: Gateway) -> web.Application:
     workspaces = WorkspacesAPI(gw, api)
     workspaces.routes(app)
     TeamsAPI(gw, api).routes(app)
+    RoutesAPI(gw, api).routes(app)
     gw.prebuilds = Prebuilds(gw, api)
     gw.prebuilds.routes(app)
     # GET / is the dashboard: the sign-in link for anonymous visitors, the person's workspaces otherwise.

@@ -33,6 +33,9 @@ from gateway import http1
 from routing.table import RULE, WORKSPACE, Route, parse_workspace_label
 
 if TYPE_CHECKING:
+    from auth.assertions import AssertionSigner
+
+if TYPE_CHECKING:
     from gateway.proxy import Exchange
 
 log = logging.getLogger("wsgate.guard")
@@ -41,6 +44,7 @@ NOT_FOUND_MESSAGE: Final = "There is nothing at this address."
 TOKEN_PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
 _HOST_COOKIE: Final = HOST_COOKIE.encode()
 _HANDOFF_COOKIE: Final = HANDOFF_COOKIE.encode()
+ASSERTION_HEADER_BYTES: Final = b"X-Wsgate-Assertion"
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class Pass:
     """Forward, adding these headers (identity for services behind admin rules)."""
 
     headers: list[tuple[bytes, bytes]]
+    principal: Principal | None = None
 
 
 def _not_found() -> Answer:
@@ -64,8 +69,17 @@ def _not_found() -> Answer:
 
 
 class Guard:
-    def __init__(self, auth: AuthService, *, domain: str, public_port: int, allowed_origins: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        auth: AuthService,
+        *,
+        domain: str,
+        public_port: int,
+        allowed_origins: tuple[str, ...],
+        signer: AssertionSigner | None = None,
+    ) -> None:
         self.auth = auth
+        self.signer = signer
         self.domain = domain
         self.port_suffix = "" if public_port == 443 else f":{public_port}"
         self.allowed_origins = frozenset(o.lower().rstrip("/").encode() for o in allowed_origins)
@@ -117,8 +131,22 @@ class Guard:
             elif not self._fetch_ok(ex, route):
                 return Answer(403, "This request came from another site.", [])
         if route.kind == RULE:
-            return Pass(_identity_headers(principal))
-        return Pass([])
+            return Pass(self._rule_headers(principal, route), principal)
+        return Pass([], principal)
+
+    def _rule_headers(self, p: Principal, route: Route) -> list[tuple[bytes, bytes]]:
+        """A signed assertion of who this is for the service behind the rule (plus plain headers if asked)."""
+        rule = route.rule
+        plain = rule is None or rule.identity_headers
+        out = _identity_headers(p) if plain else []
+        if self.signer is not None:
+            teams = sorted(t.name for t in self.auth.policy.teams.values() if t.has(p))
+            token = self.signer.sign(
+                audience=route.host, subject=p.identity, email=p.email, name=p.name, login=p.login,
+                groups=p.qualified_groups(), teams=teams,
+            )
+            out.append((ASSERTION_HEADER_BYTES, token.encode()))
+        return out
 
     def _sign_in(self, ex: Exchange, route: Route) -> Answer:
         if not self.auth.enabled:

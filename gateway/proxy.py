@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from auth.policy import PUBLIC
+from auth.principal import Principal
 from gateway import http1
 from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer
 from gateway.http1 import BadRequest, Headers
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
 from launcher.base import NotRunning
-from routing.table import INTERNAL, MAIN, NOWHERE, Route, Upstream
+from routing.paths import PathError, canonical_target
+from routing.table import BY_PATH, INTERNAL, MAIN, NOWHERE, Route, Upstream
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
@@ -134,12 +136,15 @@ class ClientConnection(asyncio.Protocol):
         "gw",
         "head_bytes",
         "header_error",
+        "idle_for",
         "in_body",
+        "open_path",
         "open_route",
         "out",
         "parser",
         "paused",
         "peer",
+        "principal",
         "queue",
         "reading",
         "transport",
@@ -179,6 +184,10 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_block = b""
         # The route of the last request admitted: a port made private closes what came in while public.
         self.open_route: Route | None = None
+        # The canonical path of that request, and who it was admitted for (rules re-check WebSockets).
+        self.open_path = ""
+        self.principal: Principal | None = None
+        self.idle_for = gw.idle_timeout
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -239,7 +248,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             up = self.tunnel
             self.cursor.feed(data)  # type: ignore[union-attr]
-            self.deadline = self.gw.now + self.gw.idle_timeout
+            self.deadline = self.gw.now + self.idle_for
             if up.transport is not None:
                 up.transport.write(data)
             return
@@ -340,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.reading
         assert ex is not None
         ex.body_bytes += len(body)
-        self.deadline = self.gw.now + self.gw.idle_timeout
+        self.deadline = self.gw.now + self.idle_for
         limit = self.gw.max_body_bytes
         if limit and ex.body_bytes > limit:
             self.header_error = BadRequest(413, "request body too large")
@@ -422,6 +431,7 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self, ex: Exchange) -> None:
         gw = self.gw
         self.current = ex
+        self.idle_for = gw.idle_timeout
         self.deadline = gw.now + gw.idle_timeout
         if ex.request_id == b"":
             ex.request_id = self._request_id(ex)
@@ -434,6 +444,11 @@ class ClientConnection(asyncio.Protocol):
             }[route]
             self._respond_error(ex, route, msg)
             return
+        if route.upstream is BY_PATH:
+            found = self._rule_route(ex, route.host)
+            if found is None:
+                return
+            route = found
         ex.route = route
         self.open_route = route
         if route.kind != MAIN:
@@ -448,6 +463,31 @@ class ClientConnection(asyncio.Protocol):
                 return
         self._forward(ex, route, None)
 
+    def _rule_route(self, ex: Exchange, host: str) -> Route | None:
+        """The admin rule for this request's path; the path matched is the one forwarded, byte for byte."""
+        try:
+            path, query = canonical_target(ex.target)
+        except PathError as e:
+            self._respond_error(ex, 400, f"The request path is ambiguous or malformed: {e}", close=True)
+            return None
+        route = self.gw.router.match_rule(host, path)
+        if route is None or route.rule is None:
+            self._respond_error(ex, 404, NOT_FOUND_MESSAGE)
+            return None
+        rule = route.rule
+        if ex.upgrade is not None and not rule.websocket:
+            self._respond_error(ex, 403, "WebSockets are not allowed on this address.")
+            return None
+        if rule.strip_prefix and rule.path_prefix != "/":
+            path = path[len(rule.path_prefix):]
+            if not path.startswith("/"):
+                path = "/" + path
+        ex.target = (path + query).encode()
+        self.open_path = path
+        self.idle_for = rule.idle_timeout
+        self.deadline = self.gw.now + rule.idle_timeout
+        return route
+
     async def _guarded(self, ex: Exchange, route: Route) -> None:
         try:
             verdict = await self.gw.guard.check(ex, route)
@@ -461,6 +501,7 @@ class ClientConnection(asyncio.Protocol):
             ex.pending = None
             self._respond_error(ex, verdict.status, verdict.message, headers=verdict.headers)
             return
+        self.principal = verdict.principal
         self._forward(ex, route, verdict.headers)
 
     def _forward(self, ex: Exchange, route: Route, extra: list[tuple[bytes, bytes]] | None) -> None:
@@ -472,6 +513,11 @@ class ClientConnection(asyncio.Protocol):
             ex.headers = http1.scrub(
                 ex.headers, gw.cookie_prefix, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
             )
+        rule = route.rule
+        if rule is not None and rule.request_headers:
+            names = {n.lower().encode() for n in rule.request_headers}
+            ex.headers = [h for h in ex.headers if h[0].lower() not in names]
+            ex.headers.extend((n.encode(), v.encode()) for n, v in rule.request_headers.items())
         if extra:
             ex.headers.extend(extra)
         up = gw.pool.take(route.upstream)
@@ -481,7 +527,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.pending is None:
                 ex.pending = []
             self._pause(_PAUSE_CONNECT)
-            gw.spawn(self._connect(ex, route.upstream))
+            gw.spawn(self._connect(ex, route.upstream, rule.connect_timeout if rule is not None else None))
 
     def _request_id(self, ex: Exchange) -> bytes:
         if self.trusted:
@@ -492,10 +538,10 @@ class ClientConnection(asyncio.Protocol):
         gw.request_counter += 1
         return b"%s-%x" % (gw.request_prefix, gw.request_counter)
 
-    async def _connect(self, ex: Exchange, target: Upstream) -> None:
+    async def _connect(self, ex: Exchange, target: Upstream, timeout: float | None = None) -> None:
         gw = self.gw
         try:
-            up = await gw.pool.connect(target)
+            up = await gw.pool.connect(target, timeout)
         except TimeoutError:
             gw.metrics.upstream_errors["connect_timeout"] += 1
             self.upstream_failed(ex, 504, "The workspace did not accept the connection in time.")
@@ -522,7 +568,10 @@ class ClientConnection(asyncio.Protocol):
         target = ex.target
         if route.upstream.base_path:
             target = route.upstream.base_path.encode() + target
-        host = ex.host if route.kind != "rule" else route.upstream.authority.encode()
+        if route.kind != "rule" or (route.rule is not None and route.rule.preserve_host):
+            host = ex.host
+        else:
+            host = route.upstream.authority.encode()
         if not self.trusted and ex.host != self.fwd_host:
             self.fwd_host = ex.host
             self.fwd_block = http1.forwarded_block(self.peer, ex.host)
@@ -622,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
         up.tunnel_to(self)
         gw.metrics.open_websockets += 1
         gw.metrics.websockets_total += 1
-        self.deadline = gw.now + gw.idle_timeout
+        self.deadline = gw.now + self.idle_for
         if rest:
             up.cursor.feed(rest)  # type: ignore[union-attr]
             self._write(rest)
@@ -1170,7 +1219,7 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(self, key: Upstream) -> UpstreamConnection:
+    async def connect(self, key: Upstream, timeout: float | None = None) -> UpstreamConnection:
         loop = self.loop
 
         def factory() -> UpstreamConnection:
@@ -1188,7 +1237,7 @@ class UpstreamPool:
             _, proto = await loop.create_unix_connection(factory, sock=b)
             return proto
         tls = self._tls if key.scheme == "https" else None
-        async with asyncio.timeout(self.connect_timeout):
+        async with asyncio.timeout(timeout or self.connect_timeout):
             _, proto = await loop.create_connection(
                 factory, key.host, key.port, ssl=tls, server_hostname=key.host if tls else None
             )

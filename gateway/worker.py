@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from auth.assertions import AssertionSigner
 from auth.policy import PUBLIC, parse_access
 from auth.teams import TeamDirectory
 from certs.localca import ensure_local_ca
@@ -28,6 +29,7 @@ from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
 from gateway.prebuilds import Prebuilds
 from gateway.proxy import ClientConnection, UpstreamPool
+from gateway.rules import Rules
 from gateway.wiring import build_auth, build_docs, config_teams
 from launcher.base import Backend, LauncherError, Limits, Workspace
 from launcher.namespaces import LauncherSettings, NamespaceLauncher
@@ -95,9 +97,14 @@ class Gateway:
         self.index = index
         self.router = build_router(config)
         self.auth = build_auth(config, warn=index == 0)
+        port = "" if config.public_port == 443 else f":{config.public_port}"
+        self.assertions = AssertionSigner.load_or_create(
+            config.state_path / "keys" / "assertions", issuer=f"https://{config.domain}{port}/"
+        )
         self.docs = build_docs(config)
         self.teams = TeamDirectory(self.docs, self.auth.policy, config_teams(config))
         self.prebuilds: Prebuilds | None = None
+        self.rules = Rules(self)
         self.guard = self._guard(config)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
         self.metrics = Metrics()
@@ -135,6 +142,7 @@ class Gateway:
             domain=config.domain,
             public_port=config.public_port,
             allowed_origins=config.auth.allowed_origins,
+            signer=self.assertions,
         )
 
     def _settings(self, config: Config) -> None:
@@ -157,6 +165,8 @@ class Gateway:
         await self.docs.open()
         await self.teams.load()
         self.teams.start()
+        await self.rules.load()
+        self.rules.start()
         if self.launcher is not None:
             try:
                 await self.launcher.open()
@@ -299,6 +309,21 @@ class Gateway:
         self.router.set_launched_workspace(w.id, owner=w.owner, public_ports=public, ide_port=w.ide_port)
         self.close_public(w.id, public)
 
+    def rules_changed(self) -> None:
+        """Closes the WebSockets that the new rules no longer admit (deleted, narrowed, WebSockets off)."""
+        for conn in list(self.connections):
+            r = conn.open_route
+            if r is None or r.rule is None or conn.tunnel is None or conn.transport is None:
+                continue
+            now = self.router.match_rule(r.host, conn.open_path)
+            rule = now.rule if now is not None else None
+            if (
+                rule is None
+                or not rule.websocket
+                or (rule.access_level != r.access and not self.auth.policy.allows(rule.access_level, conn.principal))
+            ):
+                conn.transport.abort()
+
     def close_public(self, workspace_id: str, still_public: frozenset[int] | None) -> None:
         """Closes connections admitted to a workspace port as public that no longer is."""
         for conn in list(self.connections):
@@ -324,6 +349,7 @@ class Gateway:
             await self._runner.cleanup()
         self.access_log.flush()
         await self.teams.stop()
+        await self.rules.stop()
         await self.docs.close()
         await self.auth.close()
         self._stopped.set()

@@ -2,28 +2,31 @@
 
 A client of the API like any script: it needs the gateway's URL and a personal
 access token with the `api` scope, and works from any machine that trusts the
-gateway's certificate. Standard library only (http.client, ssl).
+gateway's certificate. The connection, requests and errors are those of every
+API client (gateway.api_client); this module holds what is about workspaces.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import http.client
-import json
-import os
-import socket
-import ssl
-import sys
-import textwrap
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-from gateway.config import Config, load_config
-
-TIMEOUT = 30.0
+from gateway.api_client import (
+    COMMON_EPILOG,
+    CLIError,
+    Target,
+    add_subcommand,
+    api_path,
+    call,
+    connection_parent,
+    print_fields,
+    print_json,
+    print_table,
+    run_command,
+    stream,
+    target,
+    when,
+)
 
 # What the API calls a field, as the user typed it on this command line.
 _OPTION_OF_FIELD = {
@@ -35,14 +38,6 @@ _OPTION_OF_FIELD = {
     "port": "PORT",
     "visibility": "public|private",
 }
-
-
-class CLIError(Exception):
-    """A failure to report in one line on stderr; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # --- the command line -------------------------------------------------------------------
@@ -58,15 +53,6 @@ Every subcommand needs:
                       on the gateway host, or POST /api/v1/tokens while signed in
   trust in its cert   system CAs, plus --ca FILE (or WSGATE_CA), or by default the local CA
                       under the config's state_dir when the gateway uses its embedded CA
-"""
-
-_COMMON_EPILOG = """\
-environment:
-  WSGATE_URL    default for --url
-  WSGATE_TOKEN  default for --token (preferred: a token on the command line shows in `ps`)
-  WSGATE_CA     default for --ca
-
-exit status: 0 on success, 1 when the gateway refuses or cannot be reached, 2 on usage errors.
 """
 
 
@@ -101,31 +87,13 @@ def _port_number(value: str) -> int:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Registers `workspace` and its subcommands on the `wsgate` subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("connection")
-    g.add_argument("--url", metavar="URL",
-                   help="the gateway, https://<domain>[:port] (default: $WSGATE_URL, else the domain and "
-                   "listen port of --config)")
-    g.add_argument("--config", "-c", metavar="FILE",
-                   help="gateway config file to derive the URL and the local CA from (default: embedded "
-                   "defaults, i.e. https://wsgate.localhost:8443 and ./.wsgate)")
-    g.add_argument("--token", metavar="TOKEN",
-                   help="personal access token wsg_... with the 'api' scope (default: $WSGATE_TOKEN)")
-    g.add_argument("--ca", metavar="FILE",
-                   help="PEM CA certificate(s) to trust in addition to the system's (default: $WSGATE_CA, "
-                   "else the config's local CA, see `wsgate certs ca`, when the gateway uses it)")
+    common = connection_parent()
 
     def cmd(name: str, summary: str, description: str, *, json_output: bool = True) -> argparse.ArgumentParser:
-        # Raw, for the examples and the epilog; plain paragraphs are wrapped here.
-        text = "\n\n".join(par if "\n" in par else textwrap.fill(par, 79) for par in description.split("\n\n"))
-        p = wsub.add_parser(name, help=summary, description=text, parents=[common], epilog=_COMMON_EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if json_output:
-            p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
-        return p
+        return add_subcommand(wsub, name, summary, description, parent=common, json_output=json_output)
 
     ws = sub.add_parser("workspace", help="start and manage workspaces through the API",
-                        description=DESCRIPTION, epilog=_COMMON_EPILOG,
+                        description=DESCRIPTION, epilog=COMMON_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     wsub = ws.add_subparsers(dest="workspace_command", metavar="SUBCOMMAND")
 
@@ -179,194 +147,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     logs.add_argument("--follow", "-f", action="store_true", help="keep streaming new output")
 
 
-# --- talking to the gateway -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    url: str  # https://host[:port], for messages
-    host: str  # the name for SNI, certificate checks and Host
-    port: int
-    context: ssl.SSLContext
-    token: str
-
-
-class _Connection(http.client.HTTPSConnection):
-    """Names under .localhost always mean this machine (RFC 6761), even where the resolver does not know them."""
-
-    def __init__(self, t: Target, timeout: float) -> None:
-        super().__init__(t.host, t.port, timeout=timeout, context=t.context)
-        self.tls = t.context
-
-    def connect(self) -> None:
-        host = self.host
-        address = "localhost" if host == "localhost" or host.endswith(".localhost") else host
-        sock = socket.create_connection((address, self.port), self.timeout)
-        try:
-            self.sock = self.tls.wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
-
-
-@dataclass
-class Reply:
-    status: int
-    data: Any
-
-
-def default_ca(cfg: Config) -> Path | None:
-    """The local CA a client should trust for this config, if the gateway uses it and it exists."""
-    path = cfg.state_path / "ca" / "ca.pem"
-    return path if not cfg.tls.certificates and path.is_file() else None
-
-
-def target(args: argparse.Namespace) -> Target:
-    cfg = load_config(args.config)
-    url = args.url or os.environ.get("WSGATE_URL", "")
-    if not url:
-        url = f"https://{cfg.domain}" + ("" if cfg.listen.port == 443 else f":{cfg.listen.port}")
-    parts = urlsplit(url if "://" in url else "https://" + url)
-    try:
-        port = parts.port or 443
-    except ValueError:
-        raise CLIError(f"--url: bad port in {url!r}", 2) from None
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise CLIError(f"--url: expected https://<domain>[:port], got {url!r}", 2)
-    host = parts.hostname
-    shown = "https://" + (f"[{host}]" if ":" in host else host) + ("" if port == 443 else f":{port}")
-
-    token = (args.token or os.environ.get("WSGATE_TOKEN", "")).strip()
-    if not token:
-        raise CLIError("no token: pass --token or set WSGATE_TOKEN to a personal access token with the 'api' "
-                       "scope (`wsgate tokens create --owner <provider>:<id> --name cli` on the gateway host)", 2)
-    if not all("!" <= ch <= "~" for ch in token):
-        raise CLIError("--token: a token is printable ASCII without spaces (wsg_...)", 2)
-
-    ctx = ssl.create_default_context()
-    ca = args.ca or os.environ.get("WSGATE_CA", "")
-    if ca:
-        try:
-            ctx.load_verify_locations(cafile=ca)
-        except (OSError, ssl.SSLError) as e:
-            raise CLIError(f"--ca {ca}: cannot load a PEM CA certificate from it ({_reason(e)})", 2) from None
-    elif (local := default_ca(cfg)) is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(local))
-        except (OSError, ssl.SSLError) as e:
-            raise CLIError(f"{local}: cannot load the local CA ({_reason(e)})", 2) from None
-    return Target(shown, host, port, ctx, token)
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return e.verify_message or str(e)
-    if isinstance(e, ssl.SSLError):
-        return e.reason or str(e)
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
-
-
-def _connection_error(t: Target, e: BaseException) -> CLIError:
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return CLIError(f"TLS: cannot verify the certificate of {t.url}: {_reason(e)}. Pass --ca FILE with the CA "
-                        "that signed it (for the gateway's local CA: `wsgate certs ca --config FILE`)")
-    if isinstance(e, ssl.SSLError):
-        return CLIError(f"TLS handshake with {t.url} failed: {_reason(e)} (is it the gateway, over https?)")
-    if isinstance(e, ConnectionRefusedError):
-        return CLIError(f"cannot connect to {t.url}: connection refused (is the gateway running, is the port right?)")
-    if isinstance(e, socket.gaierror):
-        return CLIError(f"cannot connect to {t.url}: cannot resolve {t.host} ({_reason(e)})")
-    if isinstance(e, TimeoutError):
-        return CLIError(f"{t.url}: no answer within {TIMEOUT:g}s")
-    if isinstance(e, http.client.HTTPException | ConnectionError):
-        return CLIError(f"{t.url}: the connection broke off ({_reason(e)})")
-    return CLIError(f"cannot connect to {t.url}: {_reason(e)}")
-
-
-def _open(t: Target, method: str, path: str, body: Any = None) -> tuple[_Connection, http.client.HTTPResponse]:
-    conn = _Connection(t, TIMEOUT)
-    headers = {"Authorization": f"Bearer {t.token}", "Accept": "application/json", "User-Agent": "wsgate-cli"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        return conn, conn.getresponse()
-    except (OSError, http.client.HTTPException) as e:
-        conn.close()
-        raise _connection_error(t, e) from None
-
-
-def _api_error(t: Target, status: int, raw: bytes) -> CLIError:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
-        text = raw.decode("utf-8", "replace").strip().splitlines()
-        detail = f": {text[0][:200]}" if text else ""
-        return CLIError(f"{t.url}: HTTP {status}{detail} (is it a wsgate gateway?)")
-    message = data["error"]
-    field = data.get("field")
-    if isinstance(field, str) and field:
-        option = _OPTION_OF_FIELD.get(field)
-        message += f" (field '{field}'" + (f", see {option})" if option else ")")
-    if status == 401:
-        message += "; check --token / WSGATE_TOKEN"
-    return CLIError(message)
-
-
-def call(t: Target, method: str, path: str, body: Any = None) -> Reply:
-    conn, resp = _open(t, method, path, body)
-    try:
-        raw = resp.read()
-    except (OSError, http.client.HTTPException) as e:
-        raise _connection_error(t, e) from None
-    finally:
-        conn.close()
-    if resp.status >= 400:
-        raise _api_error(t, resp.status, raw)
-    if not raw:
-        return Reply(resp.status, None)
-    try:
-        return Reply(resp.status, json.loads(raw))
-    except (ValueError, UnicodeDecodeError):
-        raise CLIError(f"{t.url}: HTTP {resp.status} with a body that is not JSON (is it a wsgate gateway?)") from None
-
-
-def stream_logs(t: Target, workspace_id: str, follow: bool) -> None:
-    path = _path(workspace_id) + "/logs" + ("?follow=1" if follow else "")
-    conn, resp = _open(t, "GET", path)
-    try:
-        if resp.status >= 400:
-            raise _api_error(t, resp.status, resp.read())
-        if follow and conn.sock is not None:
-            conn.sock.settimeout(None)  # quiet workspaces are fine; Ctrl-C ends it
-        out = sys.stdout.buffer
-        while True:
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            out.write(chunk)
-            out.flush()
-    except (OSError, http.client.HTTPException) as e:
-        if isinstance(e, BrokenPipeError):
-            raise
-        raise _connection_error(t, e) from None
-    finally:
-        conn.close()
-
-
 # --- output ---------------------------------------------------------------------------
-
-
-def _when(ts: Any) -> str:
-    if not isinstance(ts, int | float) or not ts:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _ports_short(w: dict[str, Any]) -> str:
@@ -381,17 +162,13 @@ def _ports_short(w: dict[str, Any]) -> str:
     return ",".join(out) or "-"
 
 
-def print_table(workspaces: list[dict[str, Any]]) -> None:
+def print_workspaces(workspaces: list[dict[str, Any]]) -> None:
     rows = [
-        (str(w.get("id", "")), str(w.get("state", "")), str(w.get("owner", "")), _when(w.get("created"))[:16],
+        (str(w.get("id", "")), str(w.get("state", "")), str(w.get("owner", "")), when(w.get("created"))[:16],
          _ports_short(w), " ".join(str(w.get("command", "")).split()))
         for w in workspaces
     ]
-    head = ("ID", "STATE", "OWNER", "CREATED (UTC)", "PORTS", "COMMAND")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-    for r in [head, *rows]:
-        command = r[5] if len(r[5]) <= 60 else r[5][:59] + "…"
-        print("  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths, strict=True)) + "  " + command)
+    print_table(("ID", "STATE", "OWNER", "CREATED (UTC)", "PORTS", "COMMAND"), rows, last_max=60)
 
 
 def print_workspace(w: dict[str, Any]) -> None:
@@ -401,11 +178,11 @@ def print_workspace(w: dict[str, Any]) -> None:
         ("owner", str(w.get("owner"))),
         ("command", str(w.get("command"))),
         ("base", str(w.get("base") or "-")),
-        ("created", _when(w.get("created"))),
-        ("started", _when(w.get("started"))),
+        ("created", when(w.get("created"))),
+        ("started", when(w.get("started"))),
     ]
     if w.get("finished"):
-        lines.append(("finished", _when(w.get("finished"))))
+        lines.append(("finished", when(w.get("finished"))))
     if w.get("exit_code") is not None:
         lines.append(("exit code", str(w["exit_code"])))
     if w.get("error"):
@@ -414,9 +191,7 @@ def print_workspace(w: dict[str, Any]) -> None:
         lines.append(("ide", f"{w['ide_port']} {w.get('ide_url') or ''}".rstrip()))
     ports = w.get("ports") or []
     lines.append(("ports", "-" if not ports else ""))
-    width = max(len(k) for k, _ in lines) + 1
-    for key, value in lines:
-        print(f"{key + ':':<{width}} {value}".rstrip())
+    print_fields(lines)
     for p in ports:
         name = f" ({p['name']})" if p.get("name") else ""
         print(f"  {p.get('number'):>5} {p.get('visibility', ''):<7}  {p.get('url', '')}{name}")
@@ -428,32 +203,25 @@ def print_workspace(w: dict[str, Any]) -> None:
 
 
 def _path(workspace_id: str) -> str:
-    return "/api/v1/workspaces/" + quote(workspace_id, safe="")
+    return api_path("/api/v1/workspaces", workspace_id)
 
 
 # --- running a subcommand ---------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except CLIError as e:
-        print(f"wsgate: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (`wsgate workspace logs ID | head`): not an error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    return run_command(_run, args)
+
+
+def _call(t: Target, method: str, path: str, body: Any = None) -> Any:
+    return call(t, method, path, body, options=_OPTION_OF_FIELD).data
 
 
 def _run(args: argparse.Namespace) -> int:
     t = target(args)
     command: str = args.workspace_command
     if command == "logs":
-        stream_logs(t, args.id, args.follow)
+        stream(t, _path(args.id) + "/logs" + ("?follow=1" if args.follow else ""), follow=args.follow)
         return 0
     if command == "start":
         body: dict[str, Any] = {"command": args.shell_command}
@@ -465,36 +233,31 @@ def _run(args: argparse.Namespace) -> int:
             body["ports"] = args.ports
         if args.ide_port is not None:
             body["ide_port"] = args.ide_port
-        reply = call(t, "POST", "/api/v1/workspaces", body)
+        data = _call(t, "POST", "/api/v1/workspaces", body)
     elif command == "list":
-        reply = call(t, "GET", "/api/v1/workspaces")
+        data = _call(t, "GET", "/api/v1/workspaces")
         if args.json:
-            _print_json(reply.data)
+            print_json(data)
         else:
-            print_table(list(reply.data.get("workspaces", [])) if isinstance(reply.data, dict) else [])
+            print_workspaces(list(data.get("workspaces", [])) if isinstance(data, dict) else [])
         return 0
     elif command == "get":
-        reply = call(t, "GET", _path(args.id))
+        data = _call(t, "GET", _path(args.id))
     elif command == "stop":
-        reply = call(t, "POST", _path(args.id) + "/stop")
+        data = _call(t, "POST", _path(args.id) + "/stop")
     elif command == "restart":
-        reply = call(t, "POST", _path(args.id) + "/start")
+        data = _call(t, "POST", _path(args.id) + "/start")
     elif command == "delete":
-        call(t, "DELETE", _path(args.id))
+        _call(t, "DELETE", _path(args.id))
         if not args.json:
             print(f"deleted {args.id}")
         return 0
     elif command == "port":
-        reply = call(t, "PATCH", f"{_path(args.id)}/ports/{args.port}", {"visibility": args.visibility})
+        data = _call(t, "PATCH", f"{_path(args.id)}/ports/{args.port}", {"visibility": args.visibility})
     else:
         raise CLIError(f"unknown subcommand {command!r}", 2)
     if args.json:
-        _print_json(reply.data)
-    elif isinstance(reply.data, dict):
-        print_workspace(reply.data)
+        print_json(data)
+    elif isinstance(data, dict):
+        print_workspace(data)
     return 0
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-

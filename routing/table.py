@@ -10,10 +10,13 @@ hosts repeat on almost every request; every change to the table drops the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from auth.policy import PUBLIC_ACCESS, Access, owner_access
+
+if TYPE_CHECKING:
+    from routing.rules import Rule, RuleSet
 
 MAIN: Final = "main"
 WORKSPACE: Final = "workspace"
@@ -59,6 +62,8 @@ INTERNAL: Final = Upstream("internal", "wsgate", 0)
 # stranger on a real workspace: no answer tells the two apart.
 NOWHERE: Final = Upstream("none", "nowhere.invalid", 0)
 NOBODY: Final = owner_access("")
+# The upstream of a host that admin rules cover: which rule answers depends on the path.
+BY_PATH: Final = Upstream("rules", "by-path.invalid", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,11 @@ class Route:
     workspace_id: str = ""
     port: int = 0
     access: Access = NOBODY
+    rule: Rule | None = None
+
+    @classmethod
+    def for_rule(cls, host: str, rule: Rule) -> Route:
+        return cls(RULE, host, rule.target, access=rule.access_level, rule=rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,7 @@ class RouteTable:
         # Workspaces run by the launcher: every port is reachable (owner only unless public).
         self._launched: dict[str, _Launched] = {}
         self._cache: dict[bytes, Route | int] = {}
+        self.rules: Any = None  # RuleSet, set by set_rules (routing.rules imports this module)
 
     # --- changes ------------------------------------------------------------------
     def set_host(self, host: str, upstream: Upstream, access: Access) -> None:
@@ -159,6 +170,16 @@ class RouteTable:
         self._launched.pop(workspace_id, None)
         self._cache.clear()
 
+    def set_rules(self, rules: RuleSet) -> None:
+        """Swaps in a new rule set at once: the next request sees it, requests under way keep theirs."""
+        self.rules = rules
+        self._cache.clear()
+
+    def match_rule(self, host: str, path: str) -> Route | None:
+        """The route of the admin rule for a normalised host and a canonical path."""
+        rule = self.rules.match(host, path) if self.rules is not None else None
+        return Route.for_rule(host, rule) if rule is not None else None
+
     def clear(self) -> None:
         self._workspaces.clear()
         self._hosts.clear()
@@ -171,10 +192,11 @@ class RouteTable:
             host == self.domain
             or (host.endswith(self.ws_suffix) and "." not in host[: -len(self.ws_suffix)])
             or host in self._hosts
+            or (self.rules is not None and self.rules.covers(host))
         )
 
     def is_rule_host(self, host: str) -> bool:
-        return host in self._hosts
+        return host in self._hosts or (self.rules is not None and self.rules.covers(host))
 
     def match(self, raw_host: bytes) -> Route | int:
         """The route for a raw Host header value, or the status to answer with."""
@@ -219,6 +241,8 @@ class RouteTable:
         found = self._hosts.get(host)
         if found is not None:
             return Route(RULE, host, found[0], access=found[1])
+        if self.rules is not None and self.rules.covers(host):
+            return Route(RULE, host, BY_PATH, access=PUBLIC_ACCESS)
         if host.endswith("." + self.domain):
             return NOT_FOUND
         return MISDIRECTED

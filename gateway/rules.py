@@ -1,0 +1,147 @@
+"""Admin routing rules at runtime: stored in the document store, applied to the route table at once.
+
+Every worker (and replica) holds the whole rule set in its route table and
+swaps it whole on a change: a local write reloads at once, a change pushed by
+Redis reloads when it arrives, and the generation of the "rule" documents is
+polled twice a second for changes made by other processes on the same SQLite
+file. Requests under way keep the route they were matched to; a WebSocket
+whose rule was deleted or narrowed so that it no longer admits it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from auth.docstore import Doc, StoreUnavailable
+from gateway.api import Caller
+from gateway.logs import event
+from routing.rules import Rule, RuleContext, RuleError, RuleSet, parse_rule
+
+if TYPE_CHECKING:
+    from gateway.worker import Gateway
+
+log = logging.getLogger("wsgate.rules")
+
+KIND = "rule"
+POLL_INTERVAL = 0.5
+
+
+class Rules:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.current = RuleSet()
+        self.versions: dict[str, int] = {}
+        self._generation = -1
+        self._reload = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        gw.docs.subscribe(self._changed)
+
+    def _changed(self, kind: str, _id: str) -> None:
+        if kind == KIND:
+            self._reload.set()
+
+    def context(self, *, loading: bool = False) -> RuleContext:
+        cfg = self.gw.config
+        addresses = {f"{cfg.listen.address}:{cfg.listen.port}", f"localhost:{cfg.listen.port}",
+                     f"{cfg.domain}:{cfg.public_port}"}
+        launcher = self.gw.launcher
+
+        def workspace_exists(workspace_id: str) -> bool:
+            # Stored rules stay loaded when their workspace is gone: requests then get the workspace's 503.
+            return loading or (launcher is not None and launcher.get(workspace_id) is not None)
+
+        return RuleContext(
+            domains=self.gw.tls.names() or (cfg.domain, "*." + cfg.domain),
+            main_domain=cfg.domain,
+            gateway_addresses=frozenset(addresses),
+            workspace_exists=workspace_exists,
+        )
+
+    # --- loading and watching ------------------------------------------------------------
+    async def load(self) -> None:
+        async with self._lock:
+            generation = await self.gw.docs.generation(KIND)
+            docs = await self.gw.docs.list(KIND)
+            ctx = self.context(loading=True)
+            rules = RuleSet()
+            versions: dict[str, int] = {}
+            for doc in docs:
+                try:
+                    rules = rules.with_rule(parse_rule(doc.body, ctx))
+                    versions[doc.id] = doc.version
+                except RuleError as e:
+                    # Stored by an older version or under other certificates: skipped, and said so.
+                    event(log, logging.ERROR, "rule not applied", rule=doc.id, error=str(e))
+            self.current = rules
+            self.versions = versions
+            self._generation = generation
+            self.gw.router.set_rules(rules)
+            self.gw.rules_changed()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), POLL_INTERVAL)
+            self._reload.clear()
+            try:
+                if await self.gw.docs.generation(KIND) != self._generation:
+                    await self.load()
+            except StoreUnavailable as e:
+                event(log, logging.WARNING, "rules reload failed; serving the last rules", error=str(e))
+
+    # --- changes ---------------------------------------------------------------------------
+    def check(self, rule_id: str, body: Mapping[str, Any]) -> Rule:
+        """The rule as it would be stored; RuleError names the field (conflicts with other rules included)."""
+        data = dict(body)
+        if "id" in data and data["id"] != rule_id:
+            raise RuleError("id", f"does not match the id in the path ({rule_id!r})")
+        data["id"] = rule_id
+        rule = parse_rule(data, self.context())
+        self.current.with_rule(rule)
+        return rule
+
+    async def put(self, rule: Rule, *, if_version: int | None, caller: Caller) -> Doc:
+        before = self.current.get(rule.id)
+        doc = await self.gw.docs.put(
+            KIND, rule.id, rule.to_dict(), if_version=if_version,
+            audit=audit_entry(caller, "put", rule.id, before.to_dict() if before else None, rule.to_dict()),
+        )
+        await self.load()
+        return doc
+
+    async def delete(self, rule_id: str, *, if_version: int | None, caller: Caller) -> Doc | None:
+        before = self.current.get(rule_id)
+        doc = await self.gw.docs.delete(
+            KIND, rule_id, if_version=if_version,
+            audit=audit_entry(caller, "delete", rule_id, before.to_dict() if before else None, None),
+        )
+        await self.load()
+        return doc
+
+
+def audit_entry(c: Caller, action: str, rule_id: str, before: Any, after: Any) -> dict[str, Any]:
+    return {
+        "actor": c.principal.identity,
+        "via": "session" if c.session is not None else "token",
+        "action": action,
+        "kind": KIND,
+        "id": rule_id,
+        "before": before,
+        "after": after,
+        "time": time.time(),
+    }
