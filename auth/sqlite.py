@@ -148,7 +148,8 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        private_dir(self.path.parent)
+        # A new directory is made 0700; an existing one is the operator's choice and left alone.
+        private_dir(self.path.parent, tighten=False)
         # Created 0600 before SQLite sees it; the -wal and -shm files inherit that mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         if self.path.stat().st_mode & 0o077:

@@ -48,7 +48,11 @@ async def json_body(request: web.Request, what: str = "the request") -> dict[str
     if request.content_type != "application/json":
         return error(415, f"send {what} as application/json")
     try:
-        body = json.loads(await request.read())
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"{what} is larger than {request.client_max_size} bytes")
+    try:
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return error(400, "the body is not valid JSON")
     if not isinstance(body, dict):

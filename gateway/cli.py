@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.workspace_cli import add_parser as add_workspace_parser
 
     add_workspace_parser(sub)
+    from gateway.teams_cli import add_parser as add_teams_parser
+
+    add_teams_parser(sub)
     sub.add_parser("version", help="print the version")
     return p
 
@@ -91,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.workspace_cli import run as run_workspace
 
             return run_workspace(args)
+        if args.command == "teams" and args.teams_command:
+            from gateway.teams_cli import run as run_teams
+
+            return run_teams(args)
         if args.command == "config" and args.config_command == "check":
             return _config_check(args.file)
         if args.command == "certs" and args.certs_command == "ca":
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"wsgate: {e}", file=sys.stderr)
         return 1
-    if args.command in ("config", "certs", "tokens", "workspace"):
+    if args.command in ("config", "certs", "tokens", "workspace", "teams"):
         parser.parse_args([args.command, "--help"])
     parser.print_help()
     return 2

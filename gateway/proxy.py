@@ -444,7 +444,8 @@ class ClientConnection(asyncio.Protocol):
             }[route]
             self._respond_error(ex, route, msg)
             return
-        if route.upstream is BY_PATH:
+        if route.upstream is BY_PATH and not ex.target.startswith(b"/.wsgate/"):
+            # (/.wsgate/ is the gateway's own sign-in handoff on every host; the guard answers it.)
             found = self._rule_route(ex, route.host)
             if found is None:
                 return
