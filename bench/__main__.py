@@ -17,13 +17,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
-from bench import launcher
+from bench import launcher, routing
 from bench.benchmarks import BENCHMARKS, Options
 from bench.report import BenchResult, fmt, table
 from bench.servers import NGINX, REPO, BenchError, stop_all
 from bench.wrk import WRK
 
 BENCHMARKS["launcher"] = (launcher.DESCRIPTION, launcher.launcher)
+BENCHMARKS["routing"] = (routing.DESCRIPTION, routing.routing)
 
 
 def _cmd(argv: list[str]) -> str:

@@ -65,7 +65,8 @@ _FLASH: Final = {
 _SHELL: Final = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>{title}</title>
-<style nonce="{nonce}">body{{font:16px/1.5 system-ui,sans-serif;max-width:80em;margin:4em auto;padding:0 1em;color:#222}}
+<style nonce="{nonce}">
+body{{font:16px/1.5 system-ui,sans-serif;max-width:80em;margin:4em auto;padding:0 1em;color:#222}}
 code{{font:14px/1.4 ui-monospace,monospace;word-break:break-all}}.muted{{color:#666}}
 form.inline{{display:inline}}button{{font:inherit;cursor:pointer}}
 .flash{{background:#eef6ee;border:1px solid #9c9;padding:.5em 1em;border-radius:6px}}

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from auth.store import StoreError
+from gateway.admin_page import AdminPage
 from gateway.api import API
 from gateway.dashboard import Dashboard
 from gateway.logs import event
+from gateway.openapi import routes as openapi_routes
 from gateway.prebuilds import Prebuilds
 from gateway.routes_api import RoutesAPI
 from gateway.signin import SignIn, page
@@ -93,6 +95,8 @@ def build_app(gw: Gateway) -> web.Application:
     workspaces.routes(app)
     TeamsAPI(gw, api).routes(app)
     RoutesAPI(gw, api).routes(app)
+    openapi_routes(app)
+    AdminPage(gw, api).routes(app)
     gw.prebuilds = Prebuilds(gw, api)
     gw.prebuilds.routes(app)
     # GET / is the dashboard: the sign-in link for anonymous visitors, the person's workspaces otherwise.

@@ -18,7 +18,6 @@ from auth.providers.github import GitHubProvider
 from auth.providers.gitlab import GitLabProvider
 from auth.providers.oidc import OIDCProvider
 from auth.service import AuthService, Settings
-from auth.sqlite import Database
 from auth.store import KV, load_or_create_secret
 from auth.teams import parse_team
 from auth.tokens import KVTokenStore, SQLiteTokenStore, TokenStore
@@ -54,7 +53,7 @@ def build_docs(config: Config) -> DocStore:
     """Teams, prebuild results (and later rules): SQLite under state_dir, or Redis when shared."""
     if config.redis_url:
         return RedisDocStore(config.redis_url)
-    return SQLiteDocStore(Database(config.state_path / "wsgate.db"))
+    return SQLiteDocStore(config.state_path / "wsgate.db")
 
 
 def config_teams(config: Config) -> dict[str, Team]:

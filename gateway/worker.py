@@ -11,13 +11,14 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from auth.assertions import AssertionSigner
+from auth.docstore import StoreUnavailable
 from auth.policy import PUBLIC, parse_access
 from auth.teams import TeamDirectory
 from certs.localca import ensure_local_ca
@@ -31,11 +32,14 @@ from gateway.prebuilds import Prebuilds
 from gateway.proxy import ClientConnection, UpstreamPool
 from gateway.rules import Rules
 from gateway.wiring import build_auth, build_docs, config_teams
-from launcher.base import Backend, LauncherError, Limits, Workspace
+from launcher.base import Backend, LauncherError, Limits, NotRunning, Workspace
 from launcher.namespaces import LauncherSettings, NamespaceLauncher
+from launcher.remote import SameMachine
 from routing.table import RouteTable, Upstream
 
 log = logging.getLogger("wsgate.worker")
+
+RECORD_KIND = "workspace"
 
 # The prefix every gateway cookie carries; upstreams may never set or clear one.
 COOKIE_PREFIX = b"__host-wsgate"
@@ -123,8 +127,14 @@ class Gateway:
             internal=self._internal_protocol,
         )
         self.launcher = build_launcher(config, warn=index == 0)
+        # Workspaces launched by other gateway processes, from their shared records (id -> record).
+        self.machine = socket.gethostname()
+        self.remote: dict[str, Mapping[str, Any]] = {}
+        self.same_machine = SameMachine(self.loop, config.proxy.connect_timeout)
+        self.pool.workspaces = self.connect_workspace
+        self.docs.subscribe(self._records_changed)
+        self._records_generation = -1
         if self.launcher is not None:
-            self.pool.workspaces = self.launcher.connect
             self.launcher.subscribe(self.workspace_changed)
         self._settings(config)
         self.server: asyncio.AbstractServer | None = None
@@ -174,10 +184,10 @@ class Gateway:
                 # The gateway still serves everything else; the API says the launcher is off.
                 event(log, logging.ERROR, "the embedded launcher cannot run; it is off", reason=str(e))
                 self.launcher = None
-                self.pool.workspaces = None
             else:
                 for w in self.launcher.workspaces():
                     self.workspace_changed(w)
+        await self.load_records()
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         if self.prebuilds is not None:
@@ -299,8 +309,68 @@ class Gateway:
                 conn.transport.abort()
         await self.close()
 
+    async def connect_workspace(self, workspace_id: str, port: int) -> socket.socket:
+        """A connection into a workspace: ours through our launcher, a neighbour's through its control socket."""
+        if self.launcher is not None and self.launcher.get(workspace_id) is not None:
+            return await self.launcher.connect(workspace_id, port)
+        record = self.remote.get(workspace_id)
+        if record is None or record.get("state") != "running":
+            raise NotRunning("the workspace is not running")
+        if record.get("machine") != self.machine:
+            raise NotRunning(f"the workspace runs on {record.get('machine')}, which this replica cannot reach")
+        return await self.same_machine.connect(str(record.get("run_dir", "")), port)
+
+    def _records_changed(self, kind: str, _id: str) -> None:
+        if kind == RECORD_KIND:
+            self.spawn(self.load_records())
+
+    async def load_records(self) -> None:
+        """Routes for the workspaces other gateway processes run (their owner-only rule applies here too)."""
+        try:
+            generation = await self.docs.generation(RECORD_KIND)
+            if generation == self._records_generation:
+                return
+            docs = await self.docs.list(RECORD_KIND)
+        except StoreUnavailable as e:
+            event(log, logging.WARNING, "workspace records not reloaded", error=str(e))
+            return
+        self._records_generation = generation
+        ours = {w.id for w in self.launcher.workspaces()} if self.launcher is not None else set()
+        remote = {d.id: d.body for d in docs if d.id not in ours}
+        for gone in set(self.remote) - set(remote):
+            self.router.remove_workspace(gone)
+            self.close_public(gone, None)
+        for wid, body in remote.items():
+            public = frozenset(int(p) for p in body.get("public_ports", ()))
+            ide = body.get("ide_port")
+            self.router.set_launched_workspace(
+                wid, owner=str(body.get("owner", "")), public_ports=public, ide_port=int(ide) if ide else None
+            )
+            self.close_public(wid, public)
+        self.remote = remote
+
+    async def _publish_record(self, w: Workspace) -> None:
+        """Writes where a workspace runs to the shared store, so that every replica can route to it."""
+        try:
+            if w.state == "deleted":
+                await self.docs.delete(RECORD_KIND, w.id)
+                return
+            assert self.launcher is not None
+            await self.docs.put(RECORD_KIND, w.id, {
+                "owner": w.owner,
+                "machine": self.machine,
+                "run_dir": self.launcher.run_dir(w.id),
+                "state": w.state,
+                "public_ports": sorted(p.number for p in w.ports if p.public),
+                "ide_port": w.ide_port,
+            })
+        except StoreUnavailable as e:
+            event(log, logging.WARNING, "workspace record not shared", id=w.id, error=str(e))
+
     def workspace_changed(self, w: Workspace) -> None:
         """Keeps the route table in step with the launcher, and enforces a port made private."""
+        if w.kind == "workspace":
+            self.spawn(self._publish_record(w))
         if w.state == "deleted":
             self.router.remove_workspace(w.id)
             self.close_public(w.id, None)
@@ -349,6 +419,7 @@ class Gateway:
             await self._runner.cleanup()
         self.access_log.flush()
         await self.teams.stop()
+        self.same_machine.close()
         await self.rules.stop()
         await self.docs.close()
         await self.auth.close()

@@ -205,6 +205,10 @@ class Backend(ABC):
     def tail(self, workspace_id: str) -> str:
         """The last lines of the output, shown with a failed workspace."""
 
+    def run_dir(self, workspace_id: str) -> str:
+        """Where other processes on this machine reach the workspace; "" when this backend has no such place."""
+        return ""
+
     @abstractmethod
     def subscribe(self, listener: Listener) -> None:
         """Call listener with the new record at every state or visibility change."""

@@ -589,6 +589,10 @@ class NamespaceLauncher(Backend):
         self._publish(live)
         return live.record
 
+    def run_dir(self, workspace_id: str) -> str:
+        """Where the running workspace's control socket lives (for other gateway processes on this machine)."""
+        return str((self._dir(workspace_id) / "run").resolve())
+
     # --- connections and output --------------------------------------------------------
     async def connect(self, workspace_id: str, port: int) -> socket.socket:
         live = self._live.get(workspace_id)

@@ -1,4 +1,4 @@
-"""Admin routing rules through a real gateway: the API, path matching and its bypass corpus, assertions, live changes."""
+"""Admin routing rules through a real gateway: the API, path matching and its bypass corpus, live changes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import json
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -230,7 +230,8 @@ async def test_changes_apply_at_once_and_close_only_the_websockets_they_no_longe
     gw = gateway_factory(CONFIG)
     root = await admin(gw)
     try:
-        assert (await root.call("PUT", "/api/v1/routes/ws", rule(echo_upstream, prefix="/ws", access="public")))[0] == 201
+        ws_rule = rule(echo_upstream, prefix="/ws", access="public")
+        assert (await root.call("PUT", "/api/v1/routes/ws", ws_rule))[0] == 201
         assert (await root.call("PUT", "/api/v1/routes/svc", rule(echo_upstream, SVC, "/ws", "public")))[0] == 201
         ctx = gw.ssl_context()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(

@@ -75,9 +75,20 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
 
 
 @pytest.fixture
-def root(gw: Gateway) -> CLI:
-    """A gateway admin whose token carries the 'admin' scope."""
-    return CLI(gw, make_token(gw, "dev:root", "api,admin"))
+def people(gw: Gateway) -> dict[str, CLI]:
+    """Everyone's CLI, all tokens made before the gateway is first asked anything.
+
+    `root` is a gateway admin whose token carries the 'admin' scope, `plain-root`
+    the same admin with an 'api'-only token; the others are not gateway admins.
+    """
+    tokens = {"root": make_token(gw, "dev:root", "api,admin"), "plain-root": make_token(gw, "dev:root")}
+    tokens.update({name: make_token(gw, f"dev:{name}") for name in ("alice", "bob")})
+    return {name: CLI(gw, token) for name, token in tokens.items()}
+
+
+@pytest.fixture
+def root(people: dict[str, CLI]) -> CLI:
+    return people["root"]
 
 
 def fields(text: str) -> dict[str, list[str]]:
@@ -152,7 +163,8 @@ def test_put_get_list_and_delete(root: CLI, tmp_path: Path) -> None:
     assert set(rows(root.ok("list"))) == {"fixed", "new"}
 
 
-def test_refusals_are_one_clear_line(root: CLI, gw: Gateway, tmp_path: Path) -> None:
+def test_refusals_are_one_clear_line(people: dict[str, CLI], tmp_path: Path) -> None:
+    root, alice, bob, plain_root = people["root"], people["alice"], people["bob"], people["plain-root"]
     root.ok("put", "web", "--member", "dev:bob", "--admin", "dev:alice")
 
     # The API's field in terms of the command line: the flag, or the file and its key.
@@ -190,19 +202,16 @@ def test_refusals_are_one_clear_line(root: CLI, gw: Gateway, tmp_path: Path) -> 
     assert "defined in the config file" in root.fails("delete", "fixed")
 
     # A plain member may read the team but not change it; the team's admin may; strangers see nothing.
-    bob = CLI(gw, make_token(gw, "dev:bob"))
     assert set(rows(bob.ok("list"))) == {"web"}
     assert fields(bob.ok("get", "web"))["members"] == ["dev:bob"]
     refused = bob.fails("put", "web", "--member", "dev:bob", "--member", "dev:mallory")
     assert "only gateway admins and the team's admins may change a team" in refused
     assert "'admin' scope" in refused and "--scopes api,admin" in refused
     assert "only gateway admins delete teams" in bob.fails("delete", "web")
-    alice = CLI(gw, make_token(gw, "dev:alice"))
     assert "version 2" in alice.ok("put", "web", "--member", "dev:carol", "--admin", "dev:alice")
     assert "--admin" in alice.fails("put", "web", "--member", "dev:carol")
     assert bob.fails("get", "web") == "wsgate: no such team"
     # A gateway admin's token without the 'admin' scope is a member's token.
-    plain_root = CLI(gw, make_token(gw, "dev:root", "api"))
     assert rows(plain_root.ok("list")) == {}
     assert "'admin' scope" in plain_root.fails("put", "more", "--member", "dev:bob")
 

@@ -1,0 +1,578 @@
+"""Route lookup cost with 10,000 admin rules and 10,000 workspaces against 10 of each.
+
+The issue's target: the per-request latency may not grow by more than 10% when
+the gateway holds 10,000 rules and 10,000 workspaces instead of 10. Two levels:
+
+1. lookup only, in this process, no sockets: a ``routing.table.RouteTable`` with
+   a ``routing.rules.RuleSet`` and launched workspaces, looked up the way the proxy
+   does it (``match`` by Host; for rule hosts ``canonical_target`` then
+   ``match_rule``), for a mix of hosts, with the table's host cache warm (a few
+   hosts repeating) and cold (more distinct hosts than the cache holds);
+2. end to end: two ``wsgate serve`` processes in the same run, one with 10 rules
+   and 10 static workspaces, one with 10,000 of each (rules written into the
+   document store before start, as the admin API would have stored them), wrk
+   small GETs on a public rule host in front of the same upstream nginx, nginx
+   proxying that upstream as the speed reference; then the same with every
+   request to another host of the set (more hosts than the host cache holds).
+
+In the summary table the "nginx" column holds the 10-rules figure and the
+"wsgate" column the 10,000-rules figure, except on the rows that say "vs nginx".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from auth.docstore import encode_body
+from auth.sqlite import Database
+from bench import wrk
+from bench.benchmarks import CpuMeter, Options, progress, stack
+from bench.report import BenchResult, fmt
+from bench.servers import DOMAIN, HTTP_HOST, SMALL_BODY, BenchError, Proc, Stack, free_port, https_request
+from routing.paths import canonical_target
+from routing.rules import Rule, RuleContext, RuleSet, parse_rule
+from routing.table import _CACHE_MAX, BY_PATH, RouteTable
+
+DESCRIPTION = "route lookup with 10,000 rules + 10,000 workspaces vs 10 + 10: in-process and end to end"
+
+SMALL: Final = 10
+BIG: Final = 10_000
+LATENCY_TARGET: Final = 1.10  # 10,000 / 10 at most this much slower per request
+THROUGHPUT_TARGET: Final = 1 / LATENCY_TARGET
+# Path prefixes of the rules of one host: host h has the first 1 + h % 4 of them.
+PREFIXES: Final = ("/api", "/app/v2", "/static/assets", "/")
+WILDCARD_EVERY: Final = 10  # in-process: every 10th rule host (the 3rd, 13th...) is a wildcard pattern
+WS_PORT: Final = 8080
+E2E_HOST_INDEX: Final = 3  # the measured rule host: it has all four prefixes
+E2E_PATH: Final = "/app/v2/"  # under "/app/v2", stripped to "/" ("hello" from the upstream)
+CONNECTIONS: Final = 32
+THREADS: Final = 2
+
+
+# --- the rules and workspaces -----------------------------------------------------------------------
+
+
+@dataclass
+class RulePlan:
+    """N rules over hosts with 1-4 path prefixes each; the hosts as lookups will address them."""
+
+    rules: list[Rule] = field(default_factory=list)
+    exact: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # host, its prefixes
+    wild: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # suffix under "*.", its prefixes
+
+
+def rule_host(h: int) -> str:
+    return f"r{h:05d}.{DOMAIN}"
+
+
+def make_rules(n: int, upstream: str, *, wildcards: bool, access: str) -> RulePlan:
+    plan = RulePlan()
+    h = 0
+    while len(plan.rules) < n:
+        wild = wildcards and h % WILDCARD_EVERY == 2
+        host = f"t{h:05d}.{DOMAIN}" if wild else rule_host(h)
+        prefixes = PREFIXES[: min(1 + h % len(PREFIXES), n - len(plan.rules))]
+        for prefix in prefixes:
+            plan.rules.append(Rule(
+                id=f"rule-{len(plan.rules):05d}", hosts=(f"*.{host}" if wild else host,), path_prefix=prefix,
+                upstream=upstream, access=access, strip_prefix=True,
+            ))
+        (plan.wild if wild else plan.exact).append((host, prefixes))
+        h += 1
+    return plan
+
+
+def workspace_id(i: int) -> str:
+    return f"w{i:05d}"
+
+
+def build_table(rules: int, workspaces: int) -> tuple[RouteTable, RulePlan]:
+    table = RouteTable(DOMAIN)
+    plan = make_rules(rules, "http://127.0.0.1:9000", wildcards=True, access="authenticated")
+    table.set_rules(RuleSet(plan.rules))
+    for i in range(workspaces):
+        table.set_launched_workspace(
+            workspace_id(i), owner=f"github:user{i}",
+            public_ports=frozenset({WS_PORT}) if i % 3 == 0 else frozenset(), ide_port=8000 if i % 2 else None,
+        )
+    return table, plan
+
+
+# --- 1. lookups in-process --------------------------------------------------------------------------
+
+Key = tuple[bytes, bytes]  # raw Host, raw request-target
+KINDS: Final = ("mix", "main domain", "workspace host", "rule host, exact", "rule host, wildcard", "unknown host")
+# The mix: how often each kind of host comes (sums to 100).
+MIX: Final = (("main domain", 10), ("workspace host", 40), ("rule host, exact", 35), ("rule host, wildcard", 10),
+              ("unknown host", 5))
+WARM_KEYS: Final = 64  # distinct hosts of the warm runs
+COLD_KEYS: Final = 3 * _CACHE_MAX  # distinct raw Hosts of the cold runs: every lookup misses the cache
+PASS_LOOKUPS: Final = 3 * _CACHE_MAX
+
+
+def _rule_target(rng: random.Random, prefixes: tuple[str, ...]) -> bytes:
+    """A path under one of the host's prefixes (1 in 10 under none of them: a 404)."""
+    if rng.random() < 0.1:
+        return b"/elsewhere/page?x=1"
+    prefix = rng.choice(prefixes)
+    tail = rng.choice(("", "/", "/items/42", "/a/b/c.js", "/x?q=1"))
+    path = (prefix.rstrip("/") + tail) or "/"
+    return path.encode()
+
+
+def make_key(rng: random.Random, kind: str, plan: RulePlan, workspaces: int) -> Key:
+    if kind == "main domain":
+        return DOMAIN.encode(), rng.choice((b"/", b"/api/v1/workspaces", b"/auth/login"))
+    if kind == "workspace host":
+        i = rng.randrange(workspaces)
+        port = rng.choice((WS_PORT, 3000, 5173, 8888))
+        label = workspace_id(i) if rng.random() < 0.3 else f"{port}-{workspace_id(i)}"
+        return f"{label}.ws.{DOMAIN}".encode(), b"/"
+    if kind == "rule host, exact":
+        host, prefixes = rng.choice(plan.exact)
+        return host.encode(), _rule_target(rng, prefixes)
+    if kind == "rule host, wildcard":
+        suffix, prefixes = rng.choice(plan.wild)
+        return f"{rng.choice(('app', 'ci', 'docs', 'x.y'))}.{suffix}".encode(), _rule_target(rng, prefixes)
+    if kind == "unknown host":
+        return (f"nope{rng.randrange(1000)}.{DOMAIN}" if rng.random() < 0.7 else "example.org").encode(), b"/"
+    raise ValueError(kind)
+
+
+def make_keys(seed: int, kind: str, plan: RulePlan, workspaces: int, count: int, *, cold: bool) -> list[Key]:
+    """`count` lookups of `kind` ("mix": drawn by MIX); cold ones each get their own ":port" so no two raw Hosts
+    are equal (the same shapes in both setups, whatever the number of names there is to draw from)."""
+    rng = random.Random(seed)
+    kinds = [k for k, _ in MIX]
+    weights = [w for _, w in MIX]
+    keys = []
+    for k in range(count):
+        pick = rng.choices(kinds, weights)[0] if kind == "mix" else kind
+        host, target = make_key(rng, pick, plan, workspaces)
+        if cold:
+            host += b":%d" % (1024 + k)
+        keys.append((host, target))
+    return keys
+
+
+def run_lookups(table: RouteTable, keys: list[Key]) -> int:
+    """Nanoseconds for looking up every key as the proxy does (ClientConnection._dispatch and _rule_route)."""
+    match = table.match
+    match_rule = table.match_rule
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for raw_host, target in keys:
+        route = match(raw_host)
+        if isinstance(route, int):
+            continue
+        if route.upstream is BY_PATH:
+            path, _query = canonical_target(target)
+            match_rule(route.host, path)
+    return clock() - t0
+
+
+@dataclass
+class LookupSeries:
+    table: RouteTable
+    keys: list[Key]
+    ns: list[float] = field(default_factory=list)  # per lookup, one value per pass
+
+    def one_pass(self) -> None:
+        self.ns.append(run_lookups(self.table, self.keys) / len(self.keys))
+
+
+def rule_set_builds(res: BenchResult) -> list[str]:
+    """How long the rule set takes to build: the index alone, and as gateway/rules.py Rules.load builds it."""
+    lines = []
+    ctx = RuleContext(domains=(DOMAIN, f"*.{DOMAIN}", f"*.ws.{DOMAIN}"), main_domain=DOMAIN,
+                      gateway_addresses=frozenset({"127.0.0.1:8443"}), workspace_exists=lambda _id: True)
+    figures: dict[int, tuple[float, float, float]] = {}
+    for n in (SMALL, BIG):
+        plan = make_rules(n, "http://127.0.0.1:9000", wildcards=False, access="public")
+        bodies = [json.loads(encode_body(r.to_dict())) for r in plan.rules]
+        t0 = time.perf_counter()
+        RuleSet(plan.rules)
+        index = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        full = RuleSet()
+        for body in bodies:
+            full = full.with_rule(parse_rule(body, ctx))
+        loaded = time.perf_counter() - t0
+        extra = make_rules(n + 1, "http://127.0.0.1:9000", wildcards=False, access="public").rules[-1]
+        one = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            full.with_rule(extra)
+            one.append(time.perf_counter() - t0)
+        figures[n] = (index, loaded, min(one))
+    head = ("rule set of N rules (exact hosts)", f"N={SMALL}", f"N={BIG:,}", "ratio")
+    rows = []
+    for i, label in enumerate(("RuleSet(rules): the index alone (ms)",
+                               "as Rules.load builds it: parse_rule + with_rule per rule (ms)",
+                               "one more rule: RuleSet.with_rule (ms)")):
+        a, b = figures[SMALL][i] * 1e3, figures[BIG][i] * 1e3
+        rows.append((label, f"{a:.3f}", f"{b:,.1f}", f"{b / a:,.0f}x"))
+    lines += table_lines(head, rows)
+    m = res.metric("Rules.load rebuild of the rule set", "ms", "info")
+    m.rounds["nginx"].append(figures[SMALL][1] * 1e3)
+    m.rounds["wsgate"].append(figures[BIG][1] * 1e3)
+    return lines
+
+
+def lookups(opts: Options, res: BenchResult) -> None:
+    passes = 5 if opts.quick else 15
+    progress(f"lookup only: building tables ({SMALL} rules + {SMALL} workspaces, {BIG:,} rules + {BIG:,} "
+             f"launched workspaces)")
+    tables = {n: build_table(n, n) for n in (SMALL, BIG)}
+    for n, (table, plan) in tables.items():
+        rules = table.rules
+        progress(f"  N={n:,}: {len(rules):,} rules on {len(plan.exact):,} exact hosts and {len(plan.wild):,} "
+                 f"wildcard patterns, {n:,} launched workspaces")
+    series: dict[tuple[str, str, int], LookupSeries] = {}
+    for kind_no, kind in enumerate(KINDS):
+        for n, (table, plan) in tables.items():
+            warm = make_keys(kind_no, kind, plan, n, WARM_KEYS, cold=False)
+            series[kind, "warm", n] = LookupSeries(table, warm * (PASS_LOOKUPS // WARM_KEYS))
+            series[kind, "cold", n] = LookupSeries(table, make_keys(100 + kind_no, kind, plan, n, COLD_KEYS,
+                                                                    cold=True))
+    # One untimed pass each, so every cache (the table's, the CPU's) is in its steady state; then interleaved
+    # passes, alternating the order of the two tables.
+    for s in series.values():
+        run_lookups(s.table, s.keys)
+    gc.collect()
+    for p in range(passes):
+        for kind in KINDS:
+            for mode in ("warm", "cold"):
+                for n in (SMALL, BIG) if p % 2 == 0 else (BIG, SMALL):
+                    series[kind, mode, n].one_pass()
+    med = statistics.median
+    head = ("ns per lookup (median of passes)", f"warm {SMALL}", f"warm {BIG:,}", "ratio", f"cold {SMALL}",
+            f"cold {BIG:,}", "ratio")
+    rows = []
+    for kind in KINDS:
+        row = [kind]
+        for mode in ("warm", "cold"):
+            a, b = med(series[kind, mode, SMALL].ns), med(series[kind, mode, BIG].ns)
+            row += [f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x"]
+        rows.append(tuple(row))
+    lines = [f"lookup only: RouteTable.match(Host), and for rule hosts canonical_target + match_rule, as the proxy "
+             f"does; {PASS_LOOKUPS:,} lookups per pass, {passes} passes interleaved; warm = {WARM_KEYS} distinct "
+             f"hosts repeating (host cache hits), cold = {COLD_KEYS:,} distinct raw Hosts, each with its own ':port' "
+             f"(every lookup misses the {_CACHE_MAX}-entry cache, which is cleared whenever full); mix = "
+             + ", ".join(f"{k} {w}%" for k, w in MIX) + "; 1 in 10 rule lookups has a path under no rule (404)"]
+    lines += table_lines(head, rows)
+    lines.append("")
+    lines += rule_set_builds(res)
+    for line in lines:
+        progress(line)
+    res.details += lines
+    for mode in ("warm", "cold"):
+        m = res.metric(f"lookup, mix, host cache {mode}", "ns", "ratio<=", LATENCY_TARGET)
+        m.rounds["nginx"] = list(series["mix", mode, SMALL].ns)
+        m.rounds["wsgate"] = list(series["mix", mode, BIG].ns)
+    for mode in ("warm", "cold"):
+        m = res.metric(f"lookup, rule host exact, {mode}", "ns", "info")
+        m.rounds["nginx"] = list(series["rule host, exact", mode, SMALL].ns)
+        m.rounds["wsgate"] = list(series["rule host, exact", mode, BIG].ns)
+
+
+def table_lines(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    out = []
+    for n, row in enumerate([head, *rows]):
+        out.append("  " + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                                    for i, c in enumerate(row)).rstrip())
+        if n == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return out
+
+
+# --- 2. end to end ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    label: str
+    rules: int
+    workspaces: int
+    plan: RulePlan
+    proc: Proc
+    port: int
+    start_s: float
+    workdir: Path
+
+    @property
+    def host(self) -> str:
+        return rule_host(E2E_HOST_INDEX)
+
+
+def gateway_toml(state: Path, port: int, workers: int, workspaces: int, upstream_port: int) -> str:
+    head = textwrap.dedent(f"""\
+        state_dir = "{state}"
+        workers = {workers}
+
+        [listen]
+        address = "127.0.0.1"
+        port = {port}
+
+        [limits]
+        shutdown_grace = 1.0
+
+        [metrics]
+        port = 0
+
+        [log]
+        access_log = false
+
+        [launcher]
+        enabled = false
+
+    """)
+    spaces = "".join(f'[[workspaces]]\nid = "{workspace_id(i)}"\nport = {WS_PORT}\n'
+                     f'upstream = "127.0.0.1:{upstream_port}"\npublic = true\n\n' for i in range(workspaces))
+    return head + spaces
+
+
+async def store_rules(db_path: Path, rules: list[Rule]) -> None:
+    """The rules as the admin API stores them (kind "rule", body Rule.to_dict(), version 1), generation bumped."""
+    db = Database(db_path)
+    try:
+        await db.open()
+
+        def fill(c: sqlite3.Connection) -> None:
+            now = time.time()
+            rows = [(r.id, encode_body(r.to_dict()), now) for r in rules]
+            c.executemany("INSERT INTO docs (kind, id, body, version, updated) VALUES ('rule', ?, ?, 1, ?)", rows)
+            c.execute("INSERT INTO generations (kind, n) VALUES ('rule', ?) "
+                      "ON CONFLICT (kind) DO UPDATE SET n = n + excluded.n", (len(rules),))
+
+        await db.run(fill)
+    finally:
+        await db.close()
+
+
+def start_gateway(opts: Options, st: Stack, label: str, n: int) -> Gateway:
+    workdir = opts.rundir / "routing" / label
+    state = workdir / "state"
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = make_rules(n, f"http://127.0.0.1:{st.upstream_port}", wildcards=False, access="public")
+    asyncio.run(store_rules(state / "wsgate.db", plan.rules))
+    # The stack's CA and leaf: both wsgates and nginx present the same certificate.
+    shutil.copytree(st.state_dir / "ca", state / "ca")
+    port = free_port()
+    conf = workdir / "wsgate.toml"
+    conf.write_text(gateway_toml(state, port, opts.workers, n, st.upstream_port))
+    script = Path(sys.executable).with_name("wsgate")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+    t0 = time.monotonic()
+    proc = Proc(f"wsgate-{label}", [*argv, "serve", "--config", str(conf)], workdir / "wsgate.log", cwd=workdir)
+    deadline = t0 + 180
+    last = ""
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            resp = https_request(port, DOMAIN, "/readyz", timeout=5)
+            if resp.status == 200:
+                return Gateway(label, n, n, plan, proc, port, time.monotonic() - t0, workdir)
+            last = f"status {resp.status}"
+        except (OSError, ValueError, BenchError) as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise BenchError(f"wsgate-{label} not ready after 180s ({last}); output:\n{proc.tail()}")
+
+
+def check_gateway(st: Stack, gw: Gateway) -> None:
+    """Every stored rule was applied; the measured host, the last rule host and a workspace answer 'hello'."""
+    skipped = gw.proc.log.read_text(errors="replace").count("rule not applied")
+    if skipped:
+        raise BenchError(f"wsgate-{gw.label}: {skipped} stored rules were not applied:\n{gw.proc.tail()}")
+    last_host, last_prefixes = gw.plan.exact[-1]
+    probes = [(gw.host, E2E_PATH, 200), (last_host, last_prefixes[-1].rstrip("/") + "/", 200),
+              (f"{WS_PORT}-{workspace_id(gw.workspaces - 1)}.ws.{DOMAIN}", "/", 200),
+              (rule_host(len(gw.plan.exact) + 5), "/", 404)]
+    for host, path, status in probes:
+        resp = https_request(gw.port, host, path, ca=st.ca)
+        if resp.status != status or (status == 200 and resp.body != SMALL_BODY):
+            raise BenchError(f"wsgate-{gw.label}: GET https://{host}{path} answered {resp.status} "
+                             f"{resp.body[:80]!r}, expected {status}")
+
+
+def many_hosts_script(workdir: Path, gw: Gateway) -> Path:
+    """A wrk script sending each request to the next (host, path) of the gateway's rules and workspaces, shuffled;
+    each wrk thread starts at another place in the list."""
+    pairs = [(host, prefix.rstrip("/") + "/") for host, prefixes in gw.plan.exact for prefix in prefixes]
+    pairs += [(f"{WS_PORT}-{workspace_id(i)}.ws.{DOMAIN}", "/") for i in range(gw.workspaces)]
+    random.Random(7).shuffle(pairs)
+    entries = ",\n".join(f'  {{"{h}", "{p}"}}' for h, p in pairs)
+    script = workdir / "many-hosts.lua"
+    script.write_text(
+        f"local pairs = {{\n{entries}\n}}\n"
+        "local n = #pairs\nlocal threads = 0\nlocal reqs = {}\nlocal i = 0\n"
+        "function setup(thread)\n  thread:set('first', threads * 7919)\n  threads = threads + 1\nend\n"
+        "function init(args)\n"
+        "  for k = 1, n do\n"
+        "    reqs[k] = wrk.format('GET', pairs[k][2], {['Host'] = pairs[k][1]})\n"
+        "  end\n"
+        "  i = first % n\n"
+        "end\n"
+        "function request()\n  i = i % n + 1\n  return reqs[i]\nend\n"
+    )
+    return script
+
+
+def run_wrk(url: str, host: str, duration: float, script: Path | None) -> wrk.WrkResult:
+    if script is None:
+        return wrk.run(url, host, connections=CONNECTIONS, threads=THREADS, duration=duration, latency=True)
+    argv = [wrk.WRK, "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{max(1, round(duration))}s",
+            "--timeout", "5s", "--latency", "-s", str(script), url]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return wrk.parse(proc.stdout)
+
+
+@dataclass
+class Side:
+    """One proxy setup under wrk: where to send, and what it measured."""
+
+    name: str
+    proc: Proc
+    url: str
+    host: str
+    script: Path | None = None
+    rps: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+
+def measure(opts: Options, sides: list[Side], title: str) -> None:
+    for side in sides:
+        check(side, run_wrk(side.url, side.host, opts.warmup, side.script))
+    for r in range(opts.rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            meter = CpuMeter(side.proc.pid)
+            out = run_wrk(side.url, side.host, opts.duration, side.script)
+            used = meter.stop()
+            check(side, out)
+            side.rps.append(out.rps)
+            side.p50.append(out.latency_ms["50"])
+            side.p99.append(out.latency_ms["99"])
+            side.cpu_us.append(used / out.requests * 1e6)
+            progress(f"{title} round {r + 1}/{opts.rounds} {side.name:13}: {out.rps:,.0f} req/s, "
+                     f"p50 {out.latency_ms['50']:.3f} ms, p99 {out.latency_ms['99']:.3f} ms, "
+                     f"proxy CPU {used:.2f}s ({side.cpu_us[-1]:.1f} us/request)")
+
+
+def check(side: Side, out: wrk.WrkResult) -> None:
+    side.proc.check_alive()
+    if out.errors or out.requests == 0:
+        raise BenchError(f"{side.name}: wrk saw {out.non_2xx} non-2xx/3xx responses and socket errors "
+                         f"{out.socket_errors} in {out.requests} requests:\n{out.output}\n{side.proc.tail()}")
+
+
+@contextmanager
+def gateways(opts: Options, st: Stack) -> Iterator[dict[int, Gateway]]:
+    started: dict[int, Gateway] = {}
+    try:
+        for n in (SMALL, BIG):
+            progress(f"starting wsgate with {n:,} rules and {n:,} static workspaces")
+            started[n] = start_gateway(opts, st, f"{n}", n)
+            check_gateway(st, started[n])
+            progress(f"  ready after {started[n].start_s:.2f}s ({len(started[n].plan.exact):,} rule hosts)")
+        yield started
+    finally:
+        for gw in started.values():
+            gw.proc.stop()
+
+
+def end_to_end(opts: Options, res: BenchResult) -> None:
+    with stack(opts, res.name) as st, gateways(opts, st) as gws:
+        small, big = gws[SMALL], gws[BIG]
+        resp = https_request(st.ports["nginx"], HTTP_HOST, "/", ca=st.ca)
+        if resp.status != 200 or resp.body != SMALL_BODY:
+            raise BenchError(f"nginx: GET / answered {resp.status} {resp.body[:80]!r}")
+        sides: dict[str | int, Side] = {
+            "nginx": Side("nginx", st.procs["nginx"], f"https://127.0.0.1:{st.ports['nginx']}/", HTTP_HOST),
+            SMALL: Side(f"wsgate {SMALL} rules", small.proc, f"https://127.0.0.1:{small.port}{E2E_PATH}", small.host),
+            BIG: Side(f"wsgate {BIG:,}", big.proc, f"https://127.0.0.1:{big.port}{E2E_PATH}", big.host),
+        }
+        one_host = (f"one rule host: wrk {CONNECTIONS} connections {THREADS} threads --latency, "
+                    f"{opts.duration:g}s per round, GET {E2E_PATH} on {small.host} (public rule, prefix "
+                    f"/app/v2 of 4 on that host, strip_prefix: the upstream sees GET /); nginx: GET / on {HTTP_HOST}")
+        progress(one_host)
+        measure(opts, list(sides.values()), "one host")
+        many = {n: Side(f"wsgate {n:,}", gw.proc, f"https://127.0.0.1:{gw.port}/", "",
+                        many_hosts_script(gw.workdir, gw)) for n, gw in gws.items()}
+        many_text = (f"many hosts: the same wrk, each request to the next of every (rule host, prefix) and "
+                     f"workspace host of the gateway, shuffled: {SMALL} rules + {SMALL} workspaces = "
+                     f"{len(small.plan.exact) + SMALL} hosts (all in the host cache) vs {BIG:,} + {BIG:,} = "
+                     f"{len(big.plan.exact) + BIG:,} hosts (more than its {_CACHE_MAX} entries: misses)")
+        progress(many_text)
+        measure(opts, list(many.values()), "many hosts")
+        report(res, opts, sides, many, gws, one_host, many_text)
+
+
+def report(res: BenchResult, opts: Options, sides: dict[str | int, Side], many: dict[int, Side],
+           gws: dict[int, Gateway], one_host: str, many_text: str) -> None:
+    med = statistics.median
+    lines = [f"end to end, medians of {opts.rounds} interleaved rounds (order reversed every round), "
+             f"{opts.workers} worker(s) per proxy"]
+    head = ("", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req")
+    for title, group, text in (("one rule host", sides, one_host), ("many hosts", many, many_text)):
+        lines.append(text)
+        rows = [(s.name, fmt(med(s.rps)), f"{med(s.p50):.3f}", f"{med(s.p99):.3f}", f"{med(s.cpu_us):.1f}")
+                for s in group.values()]
+        a, b = group[SMALL], group[BIG]
+        rows.append((f"{title}: {BIG:,} / {SMALL}", f"{med(b.rps) / med(a.rps):.3f}x",
+                     f"{med(b.p50) / med(a.p50):.3f}x", f"{med(b.p99) / med(a.p99):.3f}x",
+                     f"{med(b.cpu_us) / med(a.cpu_us):.3f}x"))
+        lines += table_lines(head, rows)
+    lines.append(f"gateway start to /readyz: {gws[SMALL].start_s:.2f}s with {SMALL} rules + {SMALL} workspaces, "
+                 f"{gws[BIG].start_s:.2f}s with {BIG:,} + {BIG:,}")
+    for line in lines:
+        progress(line)
+    res.details += lines
+
+    def put(name: str, unit: str, check: str, target: float, a: list[float], b: list[float]) -> None:
+        m = res.metric(name, unit, check, target)  # type: ignore[arg-type]
+        m.rounds["nginx"], m.rounds["wsgate"] = list(a), list(b)
+
+    one, lots = sides, many
+    put("one rule host", "req/s", "ratio>=", THROUGHPUT_TARGET, one[SMALL].rps, one[BIG].rps)
+    put("one rule host, latency p50", "ms", "ratio<=", LATENCY_TARGET, one[SMALL].p50, one[BIG].p50)
+    put("one rule host, latency p99", "ms", "info", 0.0, one[SMALL].p99, one[BIG].p99)
+    put("one rule host, proxy CPU per request", "us", "ratio<=", LATENCY_TARGET, one[SMALL].cpu_us, one[BIG].cpu_us)
+    put("many hosts", "req/s", "ratio>=", THROUGHPUT_TARGET, lots[SMALL].rps, lots[BIG].rps)
+    put("many hosts, latency p50", "ms", "ratio<=", LATENCY_TARGET, lots[SMALL].p50, lots[BIG].p50)
+    put("many hosts, latency p99", "ms", "info", 0.0, lots[SMALL].p99, lots[BIG].p99)
+    put("many hosts, proxy CPU per request", "us", "ratio<=", LATENCY_TARGET, lots[SMALL].cpu_us, lots[BIG].cpu_us)
+    put("gateway start to /readyz", "s", "info", 0.0, [gws[SMALL].start_s], [gws[BIG].start_s])
+    m = res.metric(f"one rule host, wsgate {SMALL} rules vs nginx", "req/s", "info")
+    m.rounds["nginx"], m.rounds["wsgate"] = list(one["nginx"].rps), list(one[SMALL].rps)
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+
+def routing(opts: Options, res: BenchResult) -> None:
+    res.details.append(f"summary table, routing rows: 'nginx' = {SMALL} rules + {SMALL} workspaces, 'wsgate' = "
+                       f"{BIG:,} rules + {BIG:,} workspaces, ratio = {BIG:,} / {SMALL}; except the row "
+                       "'vs nginx' (nginx proxying the same upstream, the speed reference)")
+    lookups(opts, res)
+    end_to_end(opts, res)
