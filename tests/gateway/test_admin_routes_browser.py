@@ -36,6 +36,8 @@ enabled = false
 RESOLVER = f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1, MAP *.{DOMAIN} 127.0.0.1"
 APP = f"app.{DOMAIN}"
 NOTHING_HERE = "There is nothing at this address."
+HEADER_MARKUP = 'X-Team: </textarea><i id="injected">blue</i>'
+UPSTREAM_MARKUP = 'http://<i id="injected">:80'
 
 
 @pytest.fixture
@@ -173,7 +175,7 @@ def test_root_adds_edits_and_deletes_a_rule_that_takes_effect(
     form.locator("input[name=websocket]").uncheck()
     form.locator("input[name=strip_prefix]").check()
     form.locator("input[name=idle_timeout]").fill("60")
-    form.locator("textarea[name=request_headers]").fill("X-Team: <b>blue</b>")
+    form.locator("textarea[name=request_headers]").fill(HEADER_MARKUP)
     assert submit(root) == 400
     expect(root.locator(".problem")).to_contain_text("The rule was not saved")
     beside = root.locator("label", has=root.locator("input[name=upstream]")).locator(".field-error")
@@ -188,9 +190,16 @@ def test_root_adds_edits_and_deletes_a_rule_that_takes_effect(
     expect(form.locator("input[name=websocket]")).not_to_be_checked()
     expect(form.locator("input[name=strip_prefix]")).to_be_checked()
     expect(form.locator("input[name=idle_timeout]")).to_have_value("60")
-    expect(form.locator("textarea[name=request_headers]")).to_have_value("X-Team: <b>blue</b>")
+    expect(form.locator("textarea[name=request_headers]")).to_have_value(HEADER_MARKUP)
     expect(root.locator("tr.rule")).to_have_count(1)
     expect(root.locator("#rule-other")).to_have_count(0)
+    # What the admin typed comes back as text, in the inputs and in the reasons, never as markup.
+    form.locator("input[name=upstream]").fill(UPSTREAM_MARKUP)
+    assert submit(root) == 400
+    expect(form.locator(".field-error")).to_have_text("'<i id=\"injected\">' is not a host name")
+    expect(form.locator("input[name=upstream]")).to_have_value(UPSTREAM_MARKUP)
+    expect(form.locator("textarea[name=request_headers]")).to_have_value(HEADER_MARKUP)
+    expect(root.locator("#injected")).to_have_count(0)
 
     # Delete: gone from the list and from the gateway.
     root.goto(gw.url(DOMAIN, "/admin/routes"))
