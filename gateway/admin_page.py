@@ -67,7 +67,7 @@ _SHELL: Final = """<!doctype html>
 <title>{title}</title>
 <style nonce="{nonce}">
 body{{font:16px/1.5 system-ui,sans-serif;max-width:80em;margin:4em auto;padding:0 1em;color:#222}}
-code{{font:14px/1.4 ui-monospace,monospace;word-break:break-all}}.muted{{color:#666}}
+code{{font:14px/1.4 ui-monospace,monospace;overflow-wrap:break-word}}td.id{{white-space:nowrap}}.muted{{color:#666}}
 form.inline{{display:inline}}button{{font:inherit;cursor:pointer}}
 .flash{{background:#eef6ee;border:1px solid #9c9;padding:.5em 1em;border-radius:6px}}
 .problem{{background:#fbeeee;border:1px solid #c99;padding:.5em 1em;border-radius:6px}}

@@ -93,10 +93,15 @@ class RoutesAPI:
         except RuleError as e:
             return error(400, str(e), field=e.field)
         exists = self.gw.rules.current.get(rule_id) is not None
-        if request.headers.get("If-Match", "").strip() == "*" and not exists:
-            return error(412, "the route does not exist (If-Match: *)")
-        if request.headers.get("If-None-Match", "").strip() == "*" and exists:
-            return error(412, "the route already exists (If-None-Match: *)")
+        if request.headers.get("If-Match", "").strip() == "*":
+            if not exists:
+                return error(412, "the route does not exist (If-Match: *)")
+            # Checked again by the store, atomically: the version this process knows must still be current.
+            version = self.gw.rules.versions.get(rule_id, version)
+        if request.headers.get("If-None-Match", "").strip() == "*":
+            if exists:
+                return error(412, "the route already exists (If-None-Match: *)")
+            version = 0  # the store refuses the write if another process created it meanwhile
         try:
             doc = await self.gw.rules.put(rule, if_version=version, caller=c)
         except Conflict as e:

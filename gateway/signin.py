@@ -191,7 +191,7 @@ class SignIn:
             '<p class="muted">Development sign-in: pick any user name. Never enabled in production.</p>'
             f'<form method="post" action="{DEV_FORM_PATH}">'
             f'<input type="hidden" name="state" value="{escape(state)}">'
-            '<label>User name <input name="login" autocomplete="username" required pattern="[a-zA-Z0-9-]{1,39}"'
+            '<label>User name <input name="login" autocomplete="username" required pattern="[a-zA-Z0-9\\-]{1,39}"'
             ' autofocus></label><button type="submit">Sign in</button></form>'
         )
         return page("Sign in", body)
