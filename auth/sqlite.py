@@ -14,6 +14,7 @@ finds the work done. WAL mode lets readers carry on while one process writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -150,8 +151,12 @@ class Database:
             return self._db
         # A new directory is made 0700; an existing one is the operator's choice and left alone.
         private_dir(self.path.parent, tighten=False)
-        # Created 0600 before SQLite sees it; the -wal and -shm files inherit that mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # Created 0600 before SQLite sees it; the -wal and -shm files inherit that mode. Only when
+        # missing: closing any descriptor of a file drops this process's POSIX locks on it, including
+        # those another connection to the same database holds (SQLite's own warning).
+        if not self.path.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         if self.path.stat().st_mode & 0o077:
             self.path.chmod(0o600)
         # isolation_level=None: no implicit BEGINs; `run` and `_migrate` say where transactions go.

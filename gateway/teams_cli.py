@@ -245,9 +245,9 @@ def _run(args: argparse.Namespace) -> int:
         # The user's mistakes first, before anything is asked of the gateway.
         flags = args.groups or args.members or args.admins
         if args.file and flags:
-            raise CLIError("put: give --file or --group/--member/--admin, not both", 2)
+            raise CLIError("give --file or --group/--member/--admin, not both", 2)
         if not args.file and not flags:
-            raise CLIError("put: nothing to put: give --group, --member, --admin or --file (a team with none "
+            raise CLIError("nothing to put: give --group, --member, --admin or --file (a team with none "
                            "of them: a file with empty lists)", 2)
         body = read_team_file(args.file, args.name) if args.file else {
             "groups": args.groups, "members": args.members, "admins": args.admins}
@@ -276,10 +276,10 @@ def _request(t: Target, args: argparse.Namespace, body: dict[str, list[str]]) ->
         reply = call(t, "PUT", path, body, headers=headers, options=options)
         if not args.json and isinstance(reply.data, dict):
             done = "created" if reply.status == 201 else "replaced"
-            print(f"{done} team {args.name}, version {reply.data.get('version')}")
+            print(f"{done} team {args.name!r}, version {reply.data.get('version')}")
     elif command == "delete":
         call(t, "DELETE", path, headers=headers)
-        print(f"deleted team {args.name}")
+        print(f"deleted team {args.name!r}")
         return 0
     else:
         raise CLIError(f"unknown subcommand {command!r}", 2)
@@ -302,14 +302,14 @@ def _explain(e: APIError, args: argparse.Namespace) -> CLIError:
         current = e.data.get("current")
         again = f"read it again with `wsgate teams get {name}` and retry"
         if "current" in e.data and current is None:
-            return CLIError(f"team {name} does not exist, so it is not at version {version} (--if-match)")
+            return CLIError(f"team {name!r} does not exist, so it is not at version {version} (--if-match)")
         if version == 0 and isinstance(current, int):
-            return CLIError(f"team {name} already exists (version {current}); --if-match 0 only creates a team")
+            return CLIError(f"team {name!r} already exists (version {current}); --if-match 0 only creates a team")
         if isinstance(current, int):
-            return CLIError(f"team {name} changed since you read it: it is at version {current}, not {version} "
+            return CLIError(f"team {name!r} changed since you read it: it is at version {current}, not {version} "
                             f"(--if-match); {again}")
-        return CLIError(f"team {name} is not at version {version} (--if-match) any more: it changed since you "
-                        f"read it; {again}")
+        return CLIError(f"team {name!r} is not at version {version} (--if-match): it changed since you read it; "
+                        f"{again}")
     if e.status == 403:
         return CLIError(f"{e}; a gateway admin needs a token with the 'admin' scope ({ADMIN_TOKEN})")
     if e.status == 404 and command in ("put", "delete"):

@@ -18,6 +18,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ SESSION_COOKIE = "__Host-wsgate-session"
 HOST_COOKIE = "__Host-wsgate-host"
 APP = f"app.{DOMAIN}"
 PRIVATE = f"private.{DOMAIN}"
-SHARED_KEYS: tuple[str, ...] = ()
+SHARED_KEYS = ("tickets.key", "auth.keyring")
 LIMIT = 1.0  # seconds for a change on one replica to reach the others
 OUTAGE_LIMIT = 5.0  # seconds for an answer while Redis is down
+OUTAGE = 2.0  # seconds Redis stays down: longer than the subscriber's longest backoff (1 s)
 
 
 def config(redis_url: str) -> str:
@@ -85,7 +87,8 @@ def replicas(
         keys.mkdir(mode=0o700, parents=True)
         for name in SHARED_KEYS:
             shutil.copy2(a.dir / "state" / "keys" / name, keys / name)
-        gw.start()
+    with ThreadPoolExecutor(len(others)) as pool:  # each start waits for /readyz: wait for both at once
+        list(pool.map(Gateway.start, others))
     bundle = tmp_path / "cas.pem"
     bundle.write_bytes(b"".join(gw.ca.read_bytes() for gw in (a, *others)))
     return Replicas(a, others[0], others[1], str(bundle), redis_server, echo_upstream)
@@ -339,6 +342,7 @@ async def test_a_redis_restart_gives_clean_503s_then_every_replica_recovers_with
         before = {gw.port: gw.logs().count("docstore_subscriber_reconnected") for gw in r.all}
 
         r.redis.stop()
+        stopped = time.monotonic()
         slowest = 0.0
         for gw in r.all:
             name = r.name(gw)
@@ -366,6 +370,11 @@ async def test_a_redis_restart_gives_clean_503s_then_every_replica_recovers_with
             slowest = max(slowest, took)
         print(f"slowest answer while Redis was down: {1000 * slowest:.0f} ms")
         assert slowest < OUTAGE_LIMIT
+        # Every subscriber noticed, and stays down long enough to back off to its longest wait.
+        while any("docstore_subscriber_lost" not in gw.logs() for gw in r.all):
+            assert time.monotonic() - stopped < 5.0, [gw.logs()[-2000:] for gw in r.all]
+            time.sleep(0.02)
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
 
         r.redis.start()  # the same port, and empty: sessions, tokens, rules and teams are gone
         t = time.monotonic()

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from wsgate_testing import DOMAIN, REPO, Gateway, free_port
+
+from gateway.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +29,38 @@ members = ["dev:alice"]
 """
 
 
-class CLI:
-    """Runs `python -m gateway teams ...` as a user would: one token, WSGATE_* from `env` only."""
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
-    def __init__(self, gw: Gateway, token: str) -> None:
+
+class CLI:
+    """Runs `wsgate teams ...` in this process (`gateway.cli.main`, as `python -m gateway` does), with
+    one person's token and WSGATE_* from `env` only. Many runs a test: a subprocess each would be slow;
+    test_every_subcommand_has_its_own_help and test_put_get_list_and_delete run the real command too.
+    """
+
+    def __init__(self, gw: Gateway, token: str, capsys: pytest.CaptureFixture[str]) -> None:
         self.gw = gw
         self.token = token
+        self.capsys = capsys
 
-    def __call__(
-        self, *args: str, env: dict[str, str] | None = None, config: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-        extra = ["--config", str(self.gw.config)] if config else []
-        return subprocess.run(
-            [sys.executable, "-m", "gateway", "teams", *args, *extra], cwd=REPO, capture_output=True, text=True,
-            env={**base, "PYTHONPATH": str(REPO), "WSGATE_TOKEN": self.token, **(env or {})}, timeout=60,
-        )
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        with pytest.MonkeyPatch.context() as m:
+            for name in os.environ:
+                if name.startswith("WSGATE_") and name != "WSGATE_INIT_DIR":
+                    m.delenv(name)
+            for name, value in {"WSGATE_TOKEN": self.token, **(env or {})}.items():
+                m.setenv(name, value)
+            self.capsys.readouterr()
+            try:
+                code = main(["teams", *args, "--config", str(self.gw.config)])
+            except SystemExit as e:  # argparse: usage errors and --help
+                code = e.code if isinstance(e.code, int) else 1
+            out = self.capsys.readouterr()
+        return Result(code, out.out, out.err)
 
     def ok(self, *args: str) -> str:
         out = self(*args)
@@ -58,15 +77,22 @@ class CLI:
         return lines[0]
 
 
-def make_token(gw: Gateway, owner: str, scopes: str = "api") -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", "tokens", "create", "--owner", owner, "--name", "teams cli test",
-         "--scopes", scopes, "--config", str(gw.config)],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
-    )
-    assert made.returncode == 0, made.stderr
-    assert made.stdout.startswith("wsg_")
-    return made.stdout.strip()
+def make_tokens(gw: Gateway, wanted: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """{name: (owner, scopes)} -> {name: token}, from `wsgate tokens create` on the "gateway host", all at once."""
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "gateway", "tokens", "create", "--owner", owner, "--name", "teams cli test",
+             "--scopes", scopes, "--config", str(gw.config)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, (owner, scopes) in wanted.items()
+    }
+    tokens = {}
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 0 and out.startswith("wsg_"), err
+        tokens[name] = out.strip()
+    return tokens
 
 
 @pytest.fixture
@@ -75,15 +101,18 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
 
 
 @pytest.fixture
-def people(gw: Gateway) -> dict[str, CLI]:
-    """Everyone's CLI, all tokens made before the gateway is first asked anything.
+def people(gw: Gateway, capsys: pytest.CaptureFixture[str]) -> dict[str, CLI]:
+    """Everyone's CLI. `root` is a gateway admin whose token carries the 'admin' scope,
+    `plain-root` the same admin with an 'api'-only token; the others are not gateway admins.
 
-    `root` is a gateway admin whose token carries the 'admin' scope, `plain-root`
-    the same admin with an 'api'-only token; the others are not gateway admins.
+    All tokens are made before the gateway is first asked anything: as of this writing a
+    token created once the gateway has opened its SQLite file twice may never be seen by
+    it (auth/sqlite.py `Database._connect` closes a descriptor of a file that the process's
+    other connection has open, which drops that connection's locks).
     """
-    tokens = {"root": make_token(gw, "dev:root", "api,admin"), "plain-root": make_token(gw, "dev:root")}
-    tokens.update({name: make_token(gw, f"dev:{name}") for name in ("alice", "bob")})
-    return {name: CLI(gw, token) for name, token in tokens.items()}
+    tokens = make_tokens(gw, {"root": ("dev:root", "api,admin"), "plain-root": ("dev:root", "api"),
+                              "alice": ("dev:alice", "api"), "bob": ("dev:bob", "api")})
+    return {name: CLI(gw, token, capsys) for name, token in tokens.items()}
 
 
 @pytest.fixture
@@ -113,7 +142,7 @@ def rows(listing: str) -> dict[str, list[str]]:
 def test_put_get_list_and_delete(root: CLI, tmp_path: Path) -> None:
     made = root.ok("put", "web", "--group", "github:Acme-Inc", "--member", "dev:bob", "--member", "dev:carol",
                    "--admin", "dev:alice")
-    assert made.splitlines()[0] == "created team web, version 1"
+    assert made.splitlines()[0] == "created team 'web', version 1"
     shown = fields(root.ok("get", "web"))
     assert shown["name"] == ["web"] and shown["source"] == ["api"] and shown["version"] == ["1"]
     assert shown["groups"] == ["github:acme-inc"] and shown["members"] == ["dev:bob", "dev:carol"]
@@ -123,12 +152,20 @@ def test_put_get_list_and_delete(root: CLI, tmp_path: Path) -> None:
         "name": "web", "groups": ["github:acme-inc"], "members": ["dev:bob", "dev:carol"], "admins": ["dev:alice"],
         "source": "api", "version": 1,
     }
+    # The real command, with the gateway's URL and CA from the environment instead of a config file.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
+    env.update(PYTHONPATH=str(REPO), WSGATE_TOKEN=root.token, WSGATE_URL=root.gw.url(DOMAIN, ""),
+               WSGATE_CA=str(root.gw.ca))
+    real = subprocess.run([sys.executable, "-m", "gateway", "teams", "get", "web"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert real.returncode == 0 and real.stderr == "", real.stderr
+    assert fields(real.stdout)["admins"] == ["dev:alice"]
 
     # A TOML file replaces the team (what is not in it is gone); a JSON file creates another.
     toml = tmp_path / "web.toml"
     toml.write_text('# the web team\nmembers = ["dev:dave"]\nadmins = ["dev:alice"]\n')
     replaced = root.ok("put", "web", "--file", str(toml))
-    assert replaced.splitlines()[0] == "replaced team web, version 2"
+    assert replaced.splitlines()[0] == "replaced team 'web', version 2"
     shown = fields(root.ok("get", "web"))
     assert shown["groups"] == ["-"] and shown["members"] == ["dev:dave"] and shown["version"] == ["2"]
     ops = tmp_path / "ops.json"
@@ -156,8 +193,8 @@ def test_put_get_list_and_delete(root: CLI, tmp_path: Path) -> None:
 
     stale = root.fails("delete", "web", "--if-match", "2")
     assert "not at version 2" in stale and "--if-match" in stale
-    assert root.ok("delete", "web", "--if-match", "3").strip() == "deleted team web"
-    assert root.ok("delete", "ops").strip() == "deleted team ops"
+    assert root.ok("delete", "web", "--if-match", "3").strip() == "deleted team 'web'"
+    assert root.ok("delete", "ops").strip() == "deleted team 'ops'"
     assert root.fails("get", "web") == "wsgate: no such team"
     assert "no such team" in root.fails("delete", "web")
     assert set(rows(root.ok("list"))) == {"fixed", "new"}
