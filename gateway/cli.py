@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.teams_cli import add_parser as add_teams_parser
 
     add_teams_parser(sub)
+    from gateway.routes_cli import add_parser as add_routes_parser
+
+    add_routes_parser(sub)
     sub.add_parser("version", help="print the version")
     return p
 
@@ -98,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.teams_cli import run as run_teams
 
             return run_teams(args)
+        if args.command == "routes" and args.routes_command:
+            from gateway.routes_cli import run as run_routes
+
+            return run_routes(args)
         if args.command == "config" and args.config_command == "check":
             return _config_check(args.file)
         if args.command == "certs" and args.certs_command == "ca":
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"wsgate: {e}", file=sys.stderr)
         return 1
-    if args.command in ("config", "certs", "tokens", "workspace", "teams"):
+    if args.command in ("config", "certs", "tokens", "workspace", "teams", "routes"):
         parser.parse_args([args.command, "--help"])
     parser.print_help()
     return 2
