@@ -286,7 +286,12 @@ class SQLiteDocStore(DocStore):
             have = current.version if current is not None else 0
             if if_version is not None and if_version != have:
                 raise Conflict(current)
-            doc = _doc(kind, id, text, have + 1, now())
+            base = have
+            if current is None:
+                row = c.execute("SELECT version FROM tombstones WHERE kind = ? AND id = ?", (kind, id)).fetchone()
+                base = int(row["version"]) if row else 0
+                c.execute("DELETE FROM tombstones WHERE kind = ? AND id = ?", (kind, id))
+            doc = _doc(kind, id, text, base + 1, now())
             c.execute(
                 "INSERT INTO docs (kind, id, body, version, updated) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, version = excluded.version, "
@@ -313,6 +318,11 @@ class SQLiteDocStore(DocStore):
             if current is None:
                 return None
             c.execute("DELETE FROM docs WHERE kind = ? AND id = ?", (kind, id))
+            c.execute(
+                "INSERT INTO tombstones (kind, id, version) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version",
+                (kind, id, current.version),
+            )
             self._changed(c, kind, now(), entry, current.version)
             return current
 
@@ -353,6 +363,8 @@ _GEN_KEY: Final = "wsgate:gen:"  # + kind: the generation counter
 _AUDIT_KEY: Final = "wsgate:audit"  # stream, entry ids "<seq>-0", field "e" = the entry's JSON
 _AUDIT_KIND_KEY: Final = "wsgate:audit-kind:"  # + kind: the same entries, for `audit(kind=...)`
 _AUDIT_SEQ_KEY: Final = "wsgate:audit-seq"
+# Last versions of deleted documents: versions never restart, so an old If-Match cannot match a new doc.
+_TOMB_KEY: Final = "wsgate:tomb:"
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
 _ECHO_WINDOW: Final = 5.0  # how long a write of ours waits for its own pub/sub message
@@ -376,7 +388,12 @@ end
 if op == 'delete' and not cur then
   return {'absent', 0, false}
 end
-local version = have + 1
+local base = have
+if not cur then
+  local tomb = redis.call('HGET', KEYS[6], id)
+  if tomb then base = tonumber(tomb) end
+end
+local version = base + 1
 if op == 'delete' then version = have end
 if audit ~= '' then
   local seq = redis.call('INCR', KEYS[5])
@@ -394,8 +411,10 @@ if audit ~= '' then
 end
 if op == 'put' then
   redis.call('HSET', KEYS[1], id, '{"version":' .. version .. ',"updated":' .. now .. ',"body":' .. body .. '}')
+  redis.call('HDEL', KEYS[6], id)
 else
   redis.call('HDEL', KEYS[1], id)
+  redis.call('HSET', KEYS[6], id, have)
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], ARGV[8])
@@ -535,7 +554,9 @@ class RedisDocStore(DocStore):
         """Runs the write script: (status, version, the record before as stored, time)."""
         entry = encode_audit(audit, kind, id) if audit is not None else ""
         when = now()
-        keys = [_DOCS_KEY + kind, _GEN_KEY + kind, _AUDIT_KEY, _AUDIT_KIND_KEY + kind, _AUDIT_SEQ_KEY]
+        keys = [
+            _DOCS_KEY + kind, _GEN_KEY + kind, _AUDIT_KEY, _AUDIT_KIND_KEY + kind, _AUDIT_SEQ_KEY, _TOMB_KEY + kind,
+        ]  # fmt: skip
         args = [
             op, id, body, "" if if_version is None else str(if_version), repr(when), entry, self.audit_cap,
             # A generation starts at the time in microseconds, so that after a Redis that lost

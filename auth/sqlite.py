@@ -66,7 +66,18 @@ CREATE TABLE audit (
 CREATE INDEX audit_kind ON audit(kind, seq);
 """
 
-MIGRATIONS: Final[list[str]] = [_TOKENS, _DOCS]
+# Migration 3: the last version of each deleted document, so that a document created again
+# under the same id continues its versions and an If-Match kept from before the delete fails.
+_TOMBSTONES = """
+CREATE TABLE tombstones (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+
+MIGRATIONS: Final[list[str]] = [_TOKENS, _DOCS, _TOMBSTONES]
 BUSY_TIMEOUT: Final = 10.0  # seconds a writer waits for another process's write lock
 
 

@@ -108,7 +108,7 @@ class RoutesAPI:
             got = e.current.version if e.current is not None else None
             return error(412, "the route changed since you read it; read it again (ETag) and retry", current=got)
         event(log, logging.INFO, "route saved", route=rule_id, by=c.principal.identity, version=doc.version)
-        return self._answer(rule_id, 201 if doc.version == 1 else 200)
+        return self._answer(rule_id, 200 if exists else 201)
 
     async def delete(self, request: web.Request) -> web.Response:
         c = await self.admin(request)

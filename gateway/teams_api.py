@@ -119,7 +119,7 @@ class TeamsAPI:
             got = e.current.version if e.current is not None else None
             return error(412, "the team changed since you read it; read it again (ETag) and retry", current=got)
         event(log, logging.INFO, "team saved", team=name, by=c.principal.identity, version=doc.version)
-        return self._answer(team, 201 if doc.version == 1 else 200)
+        return self._answer(team, 200 if before is not None else 201)
 
     async def delete(self, request: web.Request) -> web.Response:
         c = await self.api.caller(request)

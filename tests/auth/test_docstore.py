@@ -144,8 +144,8 @@ async def test_delete_with_and_without_if_version(store: DocStore) -> None:
     deleted = await store.delete("team", "other")
     assert deleted is not None and deleted.version == 1
     assert await store.list("team") == []
-    # Created again, a document starts over at version 1.
-    assert (await store.put("team", "acme", {}, if_version=0)).version == 1
+    # Created again, a document continues its versions (an ETag from before the delete cannot match).
+    assert (await store.put("team", "acme", {}, if_version=0)).version == 3
 
 
 async def test_generation_moves_on_every_change_of_its_kind_only(store: DocStore) -> None:
@@ -421,3 +421,15 @@ def test_conflict_and_unavailable_say_what_happened() -> None:
     assert "no document" in str(Conflict(None))
     assert Conflict(None).current is None
     assert isinstance(StoreUnavailable("x"), Exception) and not isinstance(StoreUnavailable("x"), ValueError)
+
+
+async def test_versions_continue_after_a_delete_so_an_old_if_match_fails(store: DocStore) -> None:
+    first = await store.put("rule", "web", {"a": 1})
+    assert first.version == 1
+    await store.delete("rule", "web")
+    again = await store.put("rule", "web", {"a": 2}, if_version=0)
+    assert again.version == 2
+    with pytest.raises(Conflict):
+        await store.put("rule", "web", {"a": 3}, if_version=1)  # kept from before the delete
+    got = await store.get("rule", "web")
+    assert got is not None and got.body == {"a": 2}

@@ -75,8 +75,8 @@ async def test_a_new_file_gets_every_migration_private_and_in_wal_mode(tmp_path:
     assert await db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
     assert await db.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) >= 1000
     await db.close()
-    assert user_version(path) == len(MIGRATIONS) == 2
-    assert {"tokens", "docs", "generations", "audit"} <= tables(path)
+    assert user_version(path) == len(MIGRATIONS) == 3
+    assert {"tokens", "docs", "generations", "audit", "tombstones"} <= tables(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     for extra in path.parent.glob("wsgate.db-*"):  # the WAL and its index hold the same data
@@ -108,7 +108,7 @@ async def test_a_version_1_file_keeps_its_tokens(tmp_path: Path) -> None:
     tokens, docs = SQLiteTokenStore(path), SQLiteDocStore(path)
     seen = await tokens.verify(token)
     assert seen is not None and seen.id == info.id and seen.owner == "dev:alice"
-    assert user_version(path) == 2
+    assert user_version(path) == len(MIGRATIONS)
     assert (await docs.put("team", "acme", {"members": ["dev:alice"]})).version == 1
     assert [t.id for t in await tokens.list("dev:alice")] == [info.id]
     await tokens.close()
