@@ -7,13 +7,20 @@ the gateway holds 10,000 rules and 10,000 workspaces instead of 10. Two levels:
    a ``routing.rules.RuleSet`` and launched workspaces, looked up the way the proxy
    does it (``match`` by Host; for rule hosts ``canonical_target`` then
    ``match_rule``), for a mix of hosts, with the table's host cache warm (a few
-   hosts repeating) and cold (more distinct hosts than the cache holds);
+   hosts repeating) and cold (more distinct hosts than the cache holds); plus
+   what building the rule set costs (start-up, and every rule change);
 2. end to end: two ``wsgate serve`` processes in the same run, one with 10 rules
    and 10 static workspaces, one with 10,000 of each (rules written into the
    document store before start, as the admin API would have stored them), wrk
    small GETs on a public rule host in front of the same upstream nginx, nginx
    proxying that upstream as the speed reference; then the same with every
-   request to another host of the set (more hosts than the host cache holds).
+   request to another host of the set (more hosts than the host cache holds);
+   full runs also add one rule under load and time the stall of the reload.
+
+Both gateways present the stack's certificate (its local CA is copied into
+their state directories): with that certificate a rule host must be one label
+under the domain, so the end-to-end rules use exact hosts only; the in-process
+tables also hold wildcard patterns (`RuleSet` does not check certificates).
 
 In the summary table the "nginx" column holds the 10-rules figure and the
 "wsgate" column the 10,000-rules figure, except on the rows that say "vs nginx".
@@ -25,6 +32,7 @@ import asyncio
 import gc
 import json
 import random
+import re
 import shutil
 import sqlite3
 import statistics
@@ -121,8 +129,10 @@ KINDS: Final = ("mix", "main domain", "workspace host", "rule host, exact", "rul
 MIX: Final = (("main domain", 10), ("workspace host", 40), ("rule host, exact", 35), ("rule host, wildcard", 10),
               ("unknown host", 5))
 WARM_KEYS: Final = 64  # distinct hosts of the warm runs
-COLD_KEYS: Final = 3 * _CACHE_MAX  # distinct raw Hosts of the cold runs: every lookup misses the cache
-PASS_LOOKUPS: Final = 3 * _CACHE_MAX
+PASS_LOOKUPS: Final = _CACHE_MAX // 2  # lookups per timed pass
+# Distinct raw Hosts of the cold runs, walked in turn: each was last seen more than a cache's worth of
+# lookups ago, so every lookup misses (the cache is cleared whenever it is full).
+COLD_KEYS: Final = 2 * _CACHE_MAX
 
 
 def _rule_target(rng: random.Random, prefixes: tuple[str, ...]) -> bytes:
@@ -171,10 +181,11 @@ def make_keys(seed: int, kind: str, plan: RulePlan, workspaces: int, count: int,
 
 
 def run_lookups(table: RouteTable, keys: list[Key]) -> int:
-    """Nanoseconds for looking up every key as the proxy does (ClientConnection._dispatch and _rule_route)."""
+    """CPU nanoseconds of this thread for looking up every key as the proxy does (ClientConnection._dispatch and
+    _rule_route): CPU time, not wall time, so that other processes on the machine count less."""
     match = table.match
     match_rule = table.match_rule
-    clock = time.perf_counter_ns
+    clock = time.thread_time_ns
     t0 = clock()
     for raw_host, target in keys:
         route = match(raw_host)
@@ -188,60 +199,75 @@ def run_lookups(table: RouteTable, keys: list[Key]) -> int:
 
 @dataclass
 class LookupSeries:
+    """A table and the keys it is looked up with, walked PASS_LOOKUPS at a time, round and round."""
+
     table: RouteTable
     keys: list[Key]
-    ns: list[float] = field(default_factory=list)  # per lookup, one value per pass
+    at: int = 0
+    ns: list[float] = field(default_factory=list)  # per lookup, one value per timed pass
 
-    def one_pass(self) -> None:
-        self.ns.append(run_lookups(self.table, self.keys) / len(self.keys))
+    def one_pass(self, *, timed: bool = True) -> None:
+        chunk = self.keys[self.at : self.at + PASS_LOOKUPS]
+        self.at = (self.at + PASS_LOOKUPS) % len(self.keys)
+        ns = run_lookups(self.table, chunk)
+        if timed:
+            self.ns.append(ns / len(chunk))
 
 
 def rule_set_builds(res: BenchResult) -> list[str]:
-    """How long the rule set takes to build: the index alone, and as gateway/rules.py Rules.load builds it."""
-    lines = []
+    """How long the rule set takes to build: parsing, the index in one go, and as gateway/rules.py Rules.load
+    builds it (every stored body through parse_rule, then RuleSet.with_rule one rule at a time)."""
     ctx = RuleContext(domains=(DOMAIN, f"*.{DOMAIN}", f"*.ws.{DOMAIN}"), main_domain=DOMAIN,
                       gateway_addresses=frozenset({"127.0.0.1:8443"}), workspace_exists=lambda _id: True)
-    figures: dict[int, tuple[float, float, float]] = {}
-    for n in (SMALL, BIG):
+    sizes = (SMALL, 1000, BIG)
+    figures: dict[int, tuple[float, ...]] = {}
+    for n in sizes:
         plan = make_rules(n, "http://127.0.0.1:9000", wildcards=False, access="public")
         bodies = [json.loads(encode_body(r.to_dict())) for r in plan.rules]
+        gc.collect()
         t0 = time.perf_counter()
-        RuleSet(plan.rules)
-        index = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        parsed = [parse_rule(body, ctx) for body in bodies]
+        t1 = time.perf_counter()
+        RuleSet(parsed)
+        t2 = time.perf_counter()
         full = RuleSet()
-        for body in bodies:
-            full = full.with_rule(parse_rule(body, ctx))
-        loaded = time.perf_counter() - t0
+        for rule in parsed:
+            full = full.with_rule(rule)
+        t3 = time.perf_counter()
         extra = make_rules(n + 1, "http://127.0.0.1:9000", wildcards=False, access="public").rules[-1]
         one = []
         for _ in range(5):
-            t0 = time.perf_counter()
+            t4 = time.perf_counter()
             full.with_rule(extra)
-            one.append(time.perf_counter() - t0)
-        figures[n] = (index, loaded, min(one))
-    head = ("rule set of N rules (exact hosts)", f"N={SMALL}", f"N={BIG:,}", "ratio")
+            one.append(time.perf_counter() - t4)
+        figures[n] = (t1 - t0, t2 - t1, t3 - t2, (t1 - t0) + (t3 - t2), min(one))
+    head = ("rule set of N rules (exact hosts), wall ms", *(f"N={n:,}" for n in sizes), f"{BIG:,} / {SMALL}")
     rows = []
-    for i, label in enumerate(("RuleSet(rules): the index alone (ms)",
-                               "as Rules.load builds it: parse_rule + with_rule per rule (ms)",
-                               "one more rule: RuleSet.with_rule (ms)")):
-        a, b = figures[SMALL][i] * 1e3, figures[BIG][i] * 1e3
-        rows.append((label, f"{a:.3f}", f"{b:,.1f}", f"{b / a:,.0f}x"))
-    lines += table_lines(head, rows)
+    for i, label in enumerate(("parse_rule of every stored body",
+                               "RuleSet(parsed): the index in one go",
+                               "RuleSet.with_rule one rule at a time",
+                               "Rules.load: parse_rule + with_rule each (event loop)",
+                               "one more rule: RuleSet.with_rule on the set")):
+        rows.append((label, *(f"{figures[n][i] * 1e3:,.3f}" for n in sizes),
+                     f"{figures[BIG][i] / figures[SMALL][i]:,.0f}x"))
     m = res.metric("Rules.load rebuild of the rule set", "ms", "info")
-    m.rounds["nginx"].append(figures[SMALL][1] * 1e3)
-    m.rounds["wsgate"].append(figures[BIG][1] * 1e3)
-    return lines
+    m.rounds["nginx"].append(figures[SMALL][3] * 1e3)
+    m.rounds["wsgate"].append(figures[BIG][3] * 1e3)
+    return table_lines(head, rows)
 
 
 def lookups(opts: Options, res: BenchResult) -> None:
-    passes = 5 if opts.quick else 15
-    progress(f"lookup only: building tables ({SMALL} rules + {SMALL} workspaces, {BIG:,} rules + {BIG:,} "
+    passes = 6 if opts.quick else 30
+    progress(f"lookup only: building tables ({SMALL} rules + {SMALL} launched workspaces, {BIG:,} rules + {BIG:,} "
              f"launched workspaces)")
-    tables = {n: build_table(n, n) for n in (SMALL, BIG)}
+    gc.collect()
+    gc_before, objects_before = _full_gc()
+    tables = {SMALL: build_table(SMALL, SMALL)}
+    gc_small, objects_small = _full_gc()
+    tables[BIG] = build_table(BIG, BIG)
+    gc_big, objects_big = _full_gc()
     for n, (table, plan) in tables.items():
-        rules = table.rules
-        progress(f"  N={n:,}: {len(rules):,} rules on {len(plan.exact):,} exact hosts and {len(plan.wild):,} "
+        progress(f"  N={n:,}: {len(table.rules):,} rules on {len(plan.exact):,} exact hosts and {len(plan.wild):,} "
                  f"wildcard patterns, {n:,} launched workspaces")
     series: dict[tuple[str, str, int], LookupSeries] = {}
     for kind_no, kind in enumerate(KINDS):
@@ -250,34 +276,49 @@ def lookups(opts: Options, res: BenchResult) -> None:
             series[kind, "warm", n] = LookupSeries(table, warm * (PASS_LOOKUPS // WARM_KEYS))
             series[kind, "cold", n] = LookupSeries(table, make_keys(100 + kind_no, kind, plan, n, COLD_KEYS,
                                                                     cold=True))
-    # One untimed pass each, so every cache (the table's, the CPU's) is in its steady state; then interleaved
-    # passes, alternating the order of the two tables.
+    # Untimed passes first, so that every cache (the table's, the CPU's) is in its steady state; then
+    # interleaved passes, alternating the order of the two tables.
     for s in series.values():
-        run_lookups(s.table, s.keys)
+        s.one_pass(timed=False)
+    # The collector is off while timing: what a collection costs depends on everything else in the process (a
+    # gateway holds far more objects than this one), so it is reported on its own, below and end to end.
     gc.collect()
-    for p in range(passes):
-        for kind in KINDS:
-            for mode in ("warm", "cold"):
-                for n in (SMALL, BIG) if p % 2 == 0 else (BIG, SMALL):
-                    series[kind, mode, n].one_pass()
+    gc.disable()
+    try:
+        for p in range(passes):
+            for kind in KINDS:
+                for mode in ("warm", "cold"):
+                    for n in (SMALL, BIG) if p % 2 == 0 else (BIG, SMALL):
+                        series[kind, mode, n].one_pass()
+                gc.collect()
+    finally:
+        gc.enable()
     med = statistics.median
-    head = ("ns per lookup (median of passes)", f"warm {SMALL}", f"warm {BIG:,}", "ratio", f"cold {SMALL}",
-            f"cold {BIG:,}", "ratio")
+    head = ("CPU ns per lookup: median (min) of passes", f"warm {SMALL}", f"warm {BIG:,}", "ratio",
+            f"cold {SMALL}", f"cold {BIG:,}", "ratio")
     rows = []
     for kind in KINDS:
         row = [kind]
         for mode in ("warm", "cold"):
-            a, b = med(series[kind, mode, SMALL].ns), med(series[kind, mode, BIG].ns)
-            row += [f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x"]
+            a, b = series[kind, mode, SMALL].ns, series[kind, mode, BIG].ns
+            row += [f"{med(a):,.0f} ({min(a):,.0f})", f"{med(b):,.0f} ({min(b):,.0f})",
+                    f"{med(b) / med(a):.2f}x ({min(b) / min(a):.2f}x)"]
         rows.append(tuple(row))
     lines = [f"lookup only: RouteTable.match(Host), and for rule hosts canonical_target + match_rule, as the proxy "
-             f"does; {PASS_LOOKUPS:,} lookups per pass, {passes} passes interleaved; warm = {WARM_KEYS} distinct "
-             f"hosts repeating (host cache hits), cold = {COLD_KEYS:,} distinct raw Hosts, each with its own ':port' "
-             f"(every lookup misses the {_CACHE_MAX}-entry cache, which is cleared whenever full); mix = "
-             + ", ".join(f"{k} {w}%" for k, w in MIX) + "; 1 in 10 rule lookups has a path under no rule (404)"]
+             f"does; {PASS_LOOKUPS:,} lookups per pass, {passes} passes interleaved, thread CPU time; warm = "
+             f"{WARM_KEYS} distinct hosts repeating (host cache hits), cold = {COLD_KEYS:,} distinct raw Hosts, each "
+             f"with its own ':port', walked in turn (every lookup misses the {_CACHE_MAX}-entry cache, which is "
+             "cleared whenever full); mix = " + ", ".join(f"{k} {w}%" for k, w in MIX)
+             + "; 1 in 10 rule lookups has a path under no rule (404); the loop itself is included; garbage collector "
+             "off while timing (collections between passes)"]
     lines += table_lines(head, rows)
     lines.append("")
     lines += rule_set_builds(res)
+    lines.append("")
+    lines.append(f"full gc.collect() in this process: {gc_before:.1f} ms before any table ({objects_before:,} "
+                 f"objects), {gc_small:.1f} ms with the {SMALL}-rule table ({objects_small:,}), {gc_big:.1f} ms with "
+                 f"the {BIG:,}-rule table too ({objects_big:,}): every full collection in a gateway with {BIG:,} rules "
+                 f"and workspaces walks about {objects_big - objects_small:,} more objects")
     for line in lines:
         progress(line)
     res.details += lines
@@ -289,6 +330,16 @@ def lookups(opts: Options, res: BenchResult) -> None:
         m = res.metric(f"lookup, rule host exact, {mode}", "ns", "info")
         m.rounds["nginx"] = list(series["rule host, exact", mode, SMALL].ns)
         m.rounds["wsgate"] = list(series["rule host, exact", mode, BIG].ns)
+
+
+def _full_gc() -> tuple[float, int]:
+    """Wall ms of the fastest of three full collections, and the number of objects the collector tracks."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1e3, len(gc.get_objects())
 
 
 def table_lines(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -461,20 +512,28 @@ class Side:
     cpu_us: list[float] = field(default_factory=list)
 
 
-def measure(opts: Options, sides: list[Side], title: str) -> None:
-    for side in sides:
+def schedule(opts: Options) -> tuple[int, float]:
+    """(rounds, seconds per round): the run's wrk time per side, in rounds of about 3 s. The load that others put
+    on the machine drifts over tens of seconds; short rounds, alternating, let both setups see the same."""
+    split = max(1, round(opts.duration / 3))
+    return opts.rounds * split, opts.duration / split
+
+
+def measure(opts: Options, sides: list[Side], title: str, *, warmup: bool = True) -> None:
+    rounds, duration = schedule(opts)
+    for side in sides if warmup else ():
         check(side, run_wrk(side.url, side.host, opts.warmup, side.script))
-    for r in range(opts.rounds):
+    for r in range(rounds):
         for side in sides if r % 2 == 0 else sides[::-1]:
             meter = CpuMeter(side.proc.pid)
-            out = run_wrk(side.url, side.host, opts.duration, side.script)
+            out = run_wrk(side.url, side.host, duration, side.script)
             used = meter.stop()
             check(side, out)
             side.rps.append(out.rps)
             side.p50.append(out.latency_ms["50"])
             side.p99.append(out.latency_ms["99"])
             side.cpu_us.append(used / out.requests * 1e6)
-            progress(f"{title} round {r + 1}/{opts.rounds} {side.name:13}: {out.rps:,.0f} req/s, "
+            progress(f"{title} round {r + 1}/{rounds} {side.name:13}: {out.rps:,.0f} req/s, "
                      f"p50 {out.latency_ms['50']:.3f} ms, p99 {out.latency_ms['99']:.3f} ms, "
                      f"proxy CPU {used:.2f}s ({side.cpu_us[-1]:.1f} us/request)")
 
@@ -484,6 +543,65 @@ def check(side: Side, out: wrk.WrkResult) -> None:
     if out.errors or out.requests == 0:
         raise BenchError(f"{side.name}: wrk saw {out.non_2xx} non-2xx/3xx responses and socket errors "
                          f"{out.socket_errors} in {out.requests} requests:\n{out.output}\n{side.proc.tail()}")
+
+
+# --- a rule change under load (full runs only) -------------------------------------------------------
+
+CHANGE_HOST: Final = f"changed.{DOMAIN}"
+_MAX_LATENCY = re.compile(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\s", re.M)
+
+
+@dataclass
+class ChangeResult:
+    rps: float
+    p99: float
+    max_ms: float
+    visible_s: float  # from the write to the first 200 from the new rule's host
+    errors: int
+
+
+async def store_one_rule(db_path: Path, rule: Rule) -> None:
+    """One more rule document and its generation bump, as a PUT through the admin API would write them."""
+    db = Database(db_path)
+    try:
+        def put(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO docs (kind, id, body, version, updated) VALUES ('rule', ?, ?, 1, ?)",
+                      (rule.id, encode_body(rule.to_dict()), time.time()))
+            c.execute("INSERT INTO generations (kind, n) VALUES ('rule', 1) "
+                      "ON CONFLICT (kind) DO UPDATE SET n = n + 1")
+
+        await db.run(put)
+    finally:
+        await db.close()
+
+
+def rule_change(opts: Options, st: Stack, gw: Gateway) -> ChangeResult:
+    """wrk on the measured rule host while one rule is added a third of the way in: the gateway's poll picks the
+    change up (every 0.5 s) and Rules.load rebuilds the whole rule set on its event loop."""
+    duration = max(8.0, opts.duration)
+    argv = [wrk.WRK, "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{round(duration)}s", "--timeout", "30s",
+            "-H", f"Host: {gw.host}", "--latency", f"https://127.0.0.1:{gw.port}{E2E_PATH}"]
+    rule = Rule(id="rule-changed", hosts=(CHANGE_HOST,), path_prefix="/", upstream=f"http://127.0.0.1:{st.upstream_port}",
+                access="public", strip_prefix=True)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        time.sleep(duration / 3)
+        t0 = time.monotonic()
+        asyncio.run(store_one_rule(gw.workdir / "state" / "wsgate.db", rule))
+        visible = float("nan")
+        while time.monotonic() - t0 < duration:
+            try:
+                if https_request(gw.port, CHANGE_HOST, "/", timeout=30).status == 200:
+                    visible = time.monotonic() - t0
+                    break
+            except (OSError, BenchError):
+                pass
+            time.sleep(0.02)
+        output, _ = proc.communicate(timeout=duration + 60)
+    gw.proc.check_alive()
+    out = wrk.parse(output)
+    top = _MAX_LATENCY.search(output)
+    max_ms = float(top.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[top.group(2)] if top else float("nan")
+    return ChangeResult(out.rps, out.latency_ms["99"], max_ms, visible, out.errors)
 
 
 @contextmanager
@@ -509,11 +627,12 @@ def end_to_end(opts: Options, res: BenchResult) -> None:
             raise BenchError(f"nginx: GET / answered {resp.status} {resp.body[:80]!r}")
         sides: dict[str | int, Side] = {
             "nginx": Side("nginx", st.procs["nginx"], f"https://127.0.0.1:{st.ports['nginx']}/", HTTP_HOST),
-            SMALL: Side(f"wsgate {SMALL} rules", small.proc, f"https://127.0.0.1:{small.port}{E2E_PATH}", small.host),
+            SMALL: Side(f"wsgate {SMALL}", small.proc, f"https://127.0.0.1:{small.port}{E2E_PATH}", small.host),
             BIG: Side(f"wsgate {BIG:,}", big.proc, f"https://127.0.0.1:{big.port}{E2E_PATH}", big.host),
         }
+        seconds = max(1, round(schedule(opts)[1]))
         one_host = (f"one rule host: wrk {CONNECTIONS} connections {THREADS} threads --latency, "
-                    f"{opts.duration:g}s per round, GET {E2E_PATH} on {small.host} (public rule, prefix "
+                    f"{seconds}s per round, GET {E2E_PATH} on {small.host} (public rule, prefix "
                     f"/app/v2 of 4 on that host, strip_prefix: the upstream sees GET /); nginx: GET / on {HTTP_HOST}")
         progress(one_host)
         measure(opts, list(sides.values()), "one host")
@@ -524,14 +643,24 @@ def end_to_end(opts: Options, res: BenchResult) -> None:
                      f"{len(small.plan.exact) + SMALL} hosts (all in the host cache) vs {BIG:,} + {BIG:,} = "
                      f"{len(big.plan.exact) + BIG:,} hosts (more than its {_CACHE_MAX} entries: misses)")
         progress(many_text)
-        measure(opts, list(many.values()), "many hosts")
-        report(res, opts, sides, many, gws, one_host, many_text)
+        # No warm-up: the gateways are warm from the runs above.
+        measure(opts, list(many.values()), "many hosts", warmup=False)
+        changes: dict[int, ChangeResult] = {}
+        if not opts.quick:
+            progress(f"rule change under load (full runs only): wrk on {small.host} as above, one rule added "
+                     "a third of the way in")
+            for n in (SMALL, BIG):
+                changes[n] = c = rule_change(opts, st, gws[n])
+                progress(f"  wsgate {n:,}: {c.rps:,.0f} req/s, p99 {c.p99:.1f} ms, max {c.max_ms:,.1f} ms, new rule "
+                         f"answering {c.visible_s:.2f}s after the write, {c.errors} errors")
+        report(res, opts, sides, many, gws, one_host, many_text, changes)
 
 
 def report(res: BenchResult, opts: Options, sides: dict[str | int, Side], many: dict[int, Side],
-           gws: dict[int, Gateway], one_host: str, many_text: str) -> None:
+           gws: dict[int, Gateway], one_host: str, many_text: str, changes: dict[int, ChangeResult]) -> None:
     med = statistics.median
-    lines = [f"end to end, medians of {opts.rounds} interleaved rounds (order reversed every round), "
+    rounds, duration = schedule(opts)
+    lines = [f"end to end, medians of {rounds} interleaved rounds of {duration:.3g}s (order reversed every round), "
              f"{opts.workers} worker(s) per proxy"]
     head = ("", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req")
     for title, group, text in (("one rule host", sides, one_host), ("many hosts", many, many_text)):
@@ -543,8 +672,20 @@ def report(res: BenchResult, opts: Options, sides: dict[str | int, Side], many: 
                      f"{med(b.p50) / med(a.p50):.3f}x", f"{med(b.p99) / med(a.p99):.3f}x",
                      f"{med(b.cpu_us) / med(a.cpu_us):.3f}x"))
         lines += table_lines(head, rows)
+        rps = [y / x for x, y in zip(a.rps, b.rps, strict=True)]
+        cpu = [y / x for x, y in zip(a.cpu_us, b.cpu_us, strict=True)]
+        lines.append(f"  {BIG:,} / {SMALL} round by round: req/s " + " ".join(f"{x:.2f}" for x in rps)
+                     + f" (median {med(rps):.3f}); proxy CPU per request " + " ".join(f"{x:.2f}" for x in cpu)
+                     + f" (median {med(cpu):.3f})")
     lines.append(f"gateway start to /readyz: {gws[SMALL].start_s:.2f}s with {SMALL} rules + {SMALL} workspaces, "
                  f"{gws[BIG].start_s:.2f}s with {BIG:,} + {BIG:,}")
+    if changes:
+        lines.append(f"rule change under load: one more rule document written (as a PUT /api/v1/routes/<id> would) "
+                     f"while wrk ran {max(8.0, opts.duration):g}s on the measured host; the gateway polls the "
+                     "generation every 0.5 s and Rules.load rebuilds the whole set")
+        change_rows = [(f"wsgate {n:,}", fmt(c.rps), f"{c.p99:,.1f}", f"{c.max_ms:,.1f}", f"{c.visible_s:.2f}",
+                        str(c.errors)) for n, c in changes.items()]
+        lines += table_lines(("", "req/s", "p99 ms", "max ms", "new rule after s", "errors"), change_rows)
     for line in lines:
         progress(line)
     res.details += lines
@@ -563,6 +704,8 @@ def report(res: BenchResult, opts: Options, sides: dict[str | int, Side], many: 
     put("many hosts, latency p99", "ms", "info", 0.0, lots[SMALL].p99, lots[BIG].p99)
     put("many hosts, proxy CPU per request", "us", "ratio<=", LATENCY_TARGET, lots[SMALL].cpu_us, lots[BIG].cpu_us)
     put("gateway start to /readyz", "s", "info", 0.0, [gws[SMALL].start_s], [gws[BIG].start_s])
+    if changes:
+        put("rule change under load, max latency", "ms", "info", 0.0, [changes[SMALL].max_ms], [changes[BIG].max_ms])
     m = res.metric(f"one rule host, wsgate {SMALL} rules vs nginx", "req/s", "info")
     m.rounds["nginx"], m.rounds["wsgate"] = list(one["nginx"].rps), list(one[SMALL].rps)
 
