@@ -80,9 +80,12 @@ def if_match(request: web.Request) -> int | web.Response | None:
     if raw is None or raw.strip() == "*":
         return None
     value = raw.strip().removeprefix("W/")
-    if len(value) < 3 or value[0] != '"' or value[-1] != '"' or not value[1:-1].isdigit():
+    digits = value[1:-1]
+    if len(value) < 3 or value[0] != '"' or value[-1] != '"' or not (digits.isascii() and digits.isdigit()):
         return error(400, 'If-Match: expected an ETag this API sent, such as "3"', field="If-Match")
-    return int(value[1:-1])
+    if len(digits) > 18:
+        return error(400, 'If-Match: expected an ETag this API sent, such as "3"', field="If-Match")
+    return int(digits)
 
 
 class API:

@@ -9,6 +9,7 @@ ETag of the rule, and land in the audit log with who, when, before and after.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.api")
 
 NOT_FOUND = "no such route"
+_RULE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_AUDIT = 500
 
 
@@ -115,6 +117,8 @@ class RoutesAPI:
         if isinstance(c, web.Response):
             return c
         rule_id = request.match_info["id"]
+        if self.gw.rules.current.get(rule_id) is None and not _RULE_ID.fullmatch(rule_id):
+            return error(404, NOT_FOUND)
         version = if_match(request)
         if isinstance(version, web.Response):
             return version
@@ -139,6 +143,8 @@ class RoutesAPI:
             return error(400, "limit and before: expected integers", field="limit")
         if not 1 <= limit <= MAX_AUDIT:
             return error(400, f"limit: from 1 to {MAX_AUDIT}", field="limit")
+        if before is not None and not 1 <= before <= 2**62:
+            return error(400, "before: a sequence number from an earlier answer (seq)", field="before")
         kind = q.get("kind") or None
         if kind is not None and kind not in ("rule", "team"):
             return error(400, "kind: 'rule' or 'team'", field="kind")
