@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from auth.docstore import StoreUnavailable
 from auth.store import StoreError
 from gateway.admin_page import AdminPage
 from gateway.api import API
@@ -62,7 +63,7 @@ async def store_unavailable(
     """The state store (Redis) out of reach: a 503 that says so, as the workspace hosts answer, not a 500."""
     try:
         return await handler(request)
-    except StoreError as e:
+    except (StoreError, StoreUnavailable) as e:
         event(log, logging.ERROR, "state store unavailable", error=str(e))
         message = "Sign-in is unavailable for a moment; try again shortly."
         if request.path.startswith("/api/"):

@@ -63,7 +63,7 @@ TOKEN_ID: Final = r"^[a-z2-7]{16}$"
 WORKSPACE_ID: Final = r"^w[a-z2-7]{16}$"
 TEAM_NAME: Final = r"^[a-z0-9][a-z0-9-]{0,62}$"
 RULE_ID: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-ETAG_PATTERN: Final = r'^(\*|(W/)?"[0-9]+")$'
+ETAG_PATTERN: Final = r'^(\*|(W/)?"[0-9]{1,18}")$'
 
 # --- limits the handlers enforce -----------------------------------------------------------
 TOKEN_SCOPES: Final = ["workspace", "api", "admin"]
@@ -701,7 +701,7 @@ def _paths() -> dict[str, Schema]:
                  "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
                 {"name": "before", "in": "query", "required": False,
                  "description": "Page back: only entries with a lower `seq`.",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 2**62}},
                 {"name": "kind", "in": "query", "required": False, "description": "Only changes to rules or teams.",
                  "schema": {"enum": ["rule", "team"]}},
             ]),

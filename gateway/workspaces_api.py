@@ -183,7 +183,7 @@ class WorkspacesAPI:
         if w is None or w.kind != "workspace" or w.owner != c.principal.identity:
             return error(404, NOT_FOUND)
         raw = request.match_info["port"]
-        if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 5 or not 1 <= int(raw) <= 65535:
             return error(400, "port: not a port number (1-65535)", field="port")
         body = await json_body(request)
         if isinstance(body, web.Response):
