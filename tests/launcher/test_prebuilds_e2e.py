@@ -261,9 +261,15 @@ async def test_hostile_output_stays_inert_text_and_bounded(gateway_factory: Call
         top = psutil.Process(gw.proc.pid)
 
         def rss() -> int:
-            # The gateway and its worker processes (not the workspace: it runs in its own session).
-            procs = [top, *(p for p in top.children(recursive=True) if "wsgate" in " ".join(p.cmdline()))]
-            return sum(p.memory_info().rss for p in procs)
+            # The gateway's own processes (the workspace's shim and init are not the gateway's memory).
+            total = 0
+            for p in [top, *top.children(recursive=True)]:
+                try:
+                    if p is top or "gateway" in " ".join(p.cmdline()):
+                        total += p.memory_info().rss
+                except psutil.Error:  # a short-lived child that ended meanwhile
+                    continue
+            return total
 
         rss_before = rss()
         peak = rss_before
