@@ -67,6 +67,19 @@ class Caller:
     scopes: tuple[str, ...] = ()  # the token's scopes; () for a session
 
 
+def audit_entry(c: Caller, action: str, kind: str, doc_id: str, before: Any, after: Any) -> dict[str, Any]:
+    """Who changed what (the store adds seq, time and version), for /api/v1/audit."""
+    return {
+        "actor": c.principal.identity,
+        "via": "session" if c.session is not None else "token",
+        "action": action,
+        "kind": kind,
+        "id": doc_id,
+        "before": before,
+        "after": after,
+    }
+
+
 def etag(version: int) -> str:
     return f'"{version}"'
 

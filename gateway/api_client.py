@@ -388,8 +388,14 @@ def print_table(head: Sequence[str], rows: Sequence[Sequence[str]], *, last_max:
         print("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + last)
 
 
-def print_fields(lines: Sequence[tuple[str, str]]) -> None:
-    """`key: value` lines with the values aligned, as `get` commands show one object."""
+def print_fields(lines: Sequence[tuple[str, str | Sequence[str]]]) -> None:
+    """`key: value` lines with the values aligned, as `get` commands show one object.
+
+    A list value shows one entry a line, the later ones under the first.
+    """
     width = max((len(k) for k, _ in lines), default=0) + 1
     for key, value in lines:
-        print(f"{key + ':':<{width}} {value}".rstrip())
+        values = [value] if isinstance(value, str) else list(value) or [""]
+        print(f"{key + ':':<{width}} {values[0]}".rstrip())
+        for more in values[1:]:
+            print(f"{'':<{width}} {more}")

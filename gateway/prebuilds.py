@@ -36,6 +36,7 @@ from gateway.api import API, Caller, error, json_body, ok
 from gateway.logs import event
 from gateway.logtext import LogText
 from gateway.provenance import BuildFacts, statement
+from gateway.workspaces_api import parse_run
 from launcher.base import LIVE, STOPPED, LauncherError, StartRequest, Workspace, check_request, is_id
 
 if TYPE_CHECKING:
@@ -251,15 +252,7 @@ class Prebuilds:
         team = body.get("team")
         if not isinstance(team, str) or not team:
             raise LauncherError("team: expected a team name")
-        command = body.get("command")
-        if not isinstance(command, str):
-            raise LauncherError("command: expected a string")
-        base = body.get("base", "")
-        if not isinstance(base, str):
-            raise LauncherError("base: expected a string (a directory path)")
-        env = body.get("env", {})
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise LauncherError("env: expected an object of string values")
+        command, base, env = parse_run(body)
         labels = {"team": team, "env_names": ",".join(sorted(env))}
         source = body.get("source")
         if source is not None:

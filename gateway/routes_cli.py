@@ -34,6 +34,7 @@ from gateway.api_client import (
     api_path,
     call,
     connection_parent,
+    print_fields,
     print_json,
     print_table,
     reason,
@@ -455,11 +456,7 @@ def print_route(rule: dict[str, Any]) -> None:
             lines.append((key, [f"{value:g}s"]))
         else:
             lines.append((key, [_show(value)]))
-    width = max(len(k) for k, _ in lines) + 1
-    for key, values in lines:
-        print(f"{key + ':':<{width}} {values[0]}".rstrip())
-        for value in values[1:]:
-            print(f"{'':<{width}} {value}")
+    print_fields(lines)
 
 
 # --- running a subcommand ---------------------------------------------------------------------

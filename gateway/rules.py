@@ -6,6 +6,11 @@ Redis reloads when it arrives, and the generation of the "rule" documents is
 polled twice a second for changes made by other processes on the same SQLite
 file. Requests under way keep the route they were matched to; a WebSocket
 whose rule was deleted or narrowed so that it no longer admits it is closed.
+
+DESIGN.md places the rules' store and admin API in the routing room; they live
+here because they need the document store (auth) and the worker's connections,
+which routing may not import. Routing keeps the pure part: the rule model,
+its validation, path canonicalisation and the index (routing/rules.py, paths.py).
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from auth.docstore import Doc, StoreUnavailable
-from gateway.api import Caller
+from gateway.api import Caller, audit_entry
 from gateway.logs import event
 from routing.rules import Rule, RuleContext, RuleError, RuleSet, parse_rule
 
@@ -114,7 +118,7 @@ class Rules:
         before = self.current.get(rule.id)
         doc = await self.gw.docs.put(
             KIND, rule.id, rule.to_dict(), if_version=if_version,
-            audit=audit_entry(caller, "put", rule.id, before.to_dict() if before else None, rule.to_dict()),
+            audit=audit_entry(caller, "put", KIND, rule.id, before.to_dict() if before else None, rule.to_dict()),
         )
         await self.load()
         return doc
@@ -123,7 +127,7 @@ class Rules:
         before = self.current.get(rule_id)
         doc = await self.gw.docs.delete(
             KIND, rule_id, if_version=if_version,
-            audit=audit_entry(caller, "delete", rule_id, before.to_dict() if before else None, None),
+            audit=audit_entry(caller, "delete", KIND, rule_id, before.to_dict() if before else None, None),
         )
         await self.load()
         return doc
@@ -153,15 +157,3 @@ def _build(docs: list[Doc], ctx: RuleContext) -> tuple[RuleSet, dict[str, int], 
             skipped.append((rule.id, str(e)))
     return rules, versions, skipped
 
-
-def audit_entry(c: Caller, action: str, rule_id: str, before: Any, after: Any) -> dict[str, Any]:
-    return {
-        "actor": c.principal.identity,
-        "via": "session" if c.session is not None else "token",
-        "action": action,
-        "kind": KIND,
-        "id": rule_id,
-        "before": before,
-        "after": after,
-        "time": time.time(),
-    }

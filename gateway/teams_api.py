@@ -10,15 +10,14 @@ and honour If-Match, and each lands in the audit log with its before and after.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from auth.docstore import Conflict
 from auth.policy import Team
-from auth.teams import TeamError, check_name, parse_team, team_to_dict
-from gateway.api import API, Caller, error, etag, if_match, json_body, ok
+from auth.teams import KIND, TeamError, check_name, parse_team, team_to_dict
+from gateway.api import API, Caller, audit_entry, error, etag, if_match, json_body, ok
 from gateway.logs import event
 
 if TYPE_CHECKING:
@@ -113,7 +112,7 @@ class TeamsAPI:
             doc = await self.gw.teams.put(
                 team,
                 if_version=version,
-                audit=_audit(c, "put", name, before, team_to_dict(team)),
+                audit=audit_entry(c, "put", KIND, name, before, team_to_dict(team)),
             )
         except Conflict as e:
             got = e.current.version if e.current is not None else None
@@ -138,7 +137,7 @@ class TeamsAPI:
             return version
         try:
             doc = await self.gw.teams.delete(
-                name, if_version=version, audit=_audit(c, "delete", name, team_to_dict(current), None)
+                name, if_version=version, audit=audit_entry(c, "delete", KIND, name, team_to_dict(current), None)
             )
         except Conflict:
             return error(412, "the team changed since you read it; read it again (ETag) and retry")
@@ -147,15 +146,3 @@ class TeamsAPI:
         event(log, logging.INFO, "team deleted", team=name, by=c.principal.identity)
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
 
-
-def _audit(c: Caller, action: str, name: str, before: Any, after: Any) -> dict[str, Any]:
-    return {
-        "actor": c.principal.identity,
-        "via": "session" if c.session is not None else "token",
-        "action": action,
-        "kind": "team",
-        "id": name,
-        "before": before,
-        "after": after,
-        "time": time.time(),
-    }

@@ -25,6 +25,7 @@ from gateway.api_client import (
     api_path,
     call,
     connection_parent,
+    print_fields,
     print_json,
     print_table,
     reason,
@@ -224,11 +225,7 @@ def print_team(team: dict[str, Any]) -> None:
     ]
     for key in _LISTS:
         lines.append((key, [str(v) for v in team.get(key) or []] or ["-"]))
-    width = max(len(k) for k, _ in lines) + 1
-    for key, values in lines:
-        print(f"{key + ':':<{width}} {values[0]}".rstrip())
-        for value in values[1:]:
-            print(f"{'':<{width}} {value}")
+    print_fields(lines)
 
 
 # --- running a subcommand ---------------------------------------------------------------------

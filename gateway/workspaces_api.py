@@ -232,11 +232,8 @@ def _status_for(message: str) -> int:
     return 503 if message.startswith("at most") else 400 if ":" in message.split(" ", 1)[0] else 500
 
 
-def parse_start(body: Mapping[str, Any], owner: str) -> StartRequest:
-    """A start request from JSON; LauncherError names the field that is wrong."""
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise LauncherError(f"{unknown[0]}: unknown field")
+def parse_run(body: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """(command, base, env) of a workspace or prebuild request; LauncherError names the field that is wrong."""
     command = body.get("command")
     if not isinstance(command, str):
         raise LauncherError("command: expected a string")
@@ -246,6 +243,15 @@ def parse_start(body: Mapping[str, Any], owner: str) -> StartRequest:
     env = body.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise LauncherError("env: expected an object of string values")
+    return command, base, env
+
+
+def parse_start(body: Mapping[str, Any], owner: str) -> StartRequest:
+    """A start request from JSON; LauncherError names the field that is wrong."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise LauncherError(f"{unknown[0]}: unknown field")
+    command, base, env = parse_run(body)
     raw_ports = body.get("ports", [])
     if not isinstance(raw_ports, list):
         raise LauncherError("ports: expected a list")
