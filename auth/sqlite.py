@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -176,7 +177,7 @@ class Database:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             self._check_version(db)
-            db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
             self._migrate(db)
         except BaseException:
@@ -184,6 +185,27 @@ class Database:
             raise
         self._db = db
         return db
+
+    @staticmethod
+    def _enable_wal(db: sqlite3.Connection) -> None:
+        """Switches to WAL, waiting out processes that switch or recover it at the same moment.
+
+        SQLite answers SQLITE_BUSY here without calling the busy handler when another connection
+        holds the lock the switch needs, so the wait is ours.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = 0.005
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _check_version(self, db: sqlite3.Connection) -> int:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
