@@ -162,6 +162,17 @@ class DocStore(ABC):
             except Exception:  # one broken listener must not fail a write that happened, nor the others
                 log.exception("event=docstore_listener_failed kind=%s id=%s", kind, id)
 
+    @property
+    def listening(self) -> bool:
+        """Whether changes made by other replicas are being heard right now."""
+        return True
+
+    async def announce(self, kind: str) -> None:  # noqa: B027 - one process has no one to tell
+        """Tells every other replica's listeners (kind, "all") without storing anything."""
+
+    def follow(self, kind: str) -> None:  # noqa: B027 - one process misses nothing
+        """Listeners hear (kind, "*") after the change channel was lost and is back."""
+
     async def open(self) -> None:  # noqa: B027 - optional
         pass
 
@@ -476,6 +487,17 @@ class RedisDocStore(DocStore):
                 await task
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
+
+    @property
+    def listening(self) -> bool:
+        return self._subscribed.is_set()
+
+    def follow(self, kind: str) -> None:
+        self._kinds.add(kind)
+
+    async def announce(self, kind: str) -> None:
+        self._kinds.add(kind)
+        await self._call(self._redis.publish(CHANNEL, f"{kind}\nall"))
 
     def _kind(self, kind: str) -> str:
         self._kinds.add(check_name("kind", kind))

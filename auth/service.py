@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -18,7 +18,8 @@ import aiohttp
 from auth.policy import Policy
 from auth.principal import Principal
 from auth.providers.base import Provider, ProviderError, Tokens
-from auth.sessions import Session, SessionStore, principal_from_dict, principal_to_dict
+from auth.revocation import Epoch, SessionCache
+from auth.sessions import TOUCH_EVERY, Session, SessionStore, principal_from_dict, principal_to_dict
 from auth.store import KV, now
 from auth.tickets import Tickets
 from auth.tokens import TokenInfo, TokenStore
@@ -56,7 +57,19 @@ class AuthService:
     ) -> None:
         self.http = http or []
         self.kv = kv
-        self.sessions = SessionStore(kv, idle_timeout=settings.idle_timeout, lifetime=settings.lifetime)
+        self.sessions = SessionStore(
+            kv, idle_timeout=settings.idle_timeout, lifetime=settings.lifetime, on_end=self.revoked
+        )
+        self.epoch = Epoch()
+        self.host_cache = SessionCache(
+            self.epoch,
+            idle_timeout=settings.idle_timeout,
+            lifetime=settings.lifetime,
+            membership_ttl=settings.membership_ttl,
+            touch_every=TOUCH_EVERY,
+        )
+        # Tells the other replicas that something was revoked (the gateway wires its change channel).
+        self.announce: Callable[[], Awaitable[None]] | None = None
         self.tickets = Tickets(kv, hmac_key)
         self.tokens = tokens
         self.keyring = keyring
@@ -125,8 +138,22 @@ class AuthService:
         return await self.fresh(s) if s is not None else None
 
     async def host_session(self, grant: str, host: str) -> Session | None:
+        epoch = self.epoch.current()  # before the lookup: a revocation during it voids the result
         s = await self.sessions.from_grant(grant, host)
-        return await self.fresh(s) if s is not None else None
+        s = await self.fresh(s) if s is not None else None
+        if s is not None:
+            self.host_cache.put(grant, host, s, epoch)
+        return s
+
+    def cached_host_session(self, grant: str, host: str) -> Session | None:
+        """What `host_session` would answer, when that is known without asking the store."""
+        return self.host_cache.get(grant, host)
+
+    async def revoked(self) -> None:
+        """Something that granted access was taken back: no worker or replica may use a cached answer."""
+        self.epoch.advance()
+        if self.announce is not None:
+            await self.announce()
 
     async def fresh(self, s: Session) -> Session | None:
         """The session with group membership no older than the TTL (empty when it cannot be refreshed).

@@ -11,6 +11,7 @@ session up again.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from auth.principal import Principal
 from auth.store import KV, digest, now
 
 # Writes of last_seen are skipped when the previous one is this recent (seconds).
-_TOUCH_EVERY = 60.0
+TOUCH_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +90,19 @@ class Grant:
 
 
 class SessionStore:
-    def __init__(self, kv: KV, *, idle_timeout: float, lifetime: float) -> None:
+    def __init__(
+        self,
+        kv: KV,
+        *,
+        idle_timeout: float,
+        lifetime: float,
+        on_end: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.kv = kv
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
+        # Runs after a session is ended on purpose (caches of it must go everywhere).
+        self.on_end = on_end
 
     async def create(self, principal: Principal, sealed_tokens: str = "") -> tuple[str, Session]:
         """A new session with a fresh id (never one the browser brought: no fixation)."""
@@ -122,7 +132,7 @@ class SessionStore:
         if t - s.last_seen > self.idle_timeout or t - s.created > self.lifetime:
             await self.kv.delete("session:" + key)
             return None
-        if t - s.last_seen > _TOUCH_EVERY:
+        if t - s.last_seen > TOUCH_EVERY:
             s = replace(s, last_seen=t)
             await self.kv.set("session:" + key, _to_dict(s), self._ttl(s, t))
         return s
@@ -133,6 +143,8 @@ class SessionStore:
 
     async def end(self, key: str) -> None:
         await self.kv.delete("session:" + key)
+        if self.on_end is not None:
+            await self.on_end()
 
     # --- host grants ---------------------------------------------------------------
     async def grant(self, session: Session, host: str) -> str:

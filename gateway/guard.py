@@ -122,7 +122,30 @@ class Guard:
                     by_cookie = True
         if principal is None:
             return self._sign_in(ex, route)
-        if not auth.policy.allows(route.access, principal):
+        return self._decide(ex, route, principal, by_cookie=by_cookie)
+
+    def quick(self, ex: Exchange, route: Route) -> Answer | Pass | None:
+        """The verdict without waiting on the store, or None when only `check` can tell.
+
+        The common case on a busy workspace host: a browser whose host cookie's session was
+        looked up a moment ago (the cache's rules are in auth/revocation.py).
+        """
+        if ex.target.startswith(b"/.wsgate/"):
+            return None
+        if route.access.level == PUBLIC:
+            return Pass([])
+        if _bearer(ex.headers) is not None:
+            return None
+        grant = http1.cookie_value(ex.headers, _HOST_COOKIE)
+        if grant is None:
+            return None
+        session = self.auth.cached_host_session(grant.decode("ascii", "replace"), route.host)
+        if session is None:
+            return None
+        return self._decide(ex, route, session.principal, by_cookie=True)
+
+    def _decide(self, ex: Exchange, route: Route, principal: Principal, *, by_cookie: bool) -> Answer | Pass:
+        if not self.auth.policy.allows(route.access, principal):
             return _not_found()
         if by_cookie:
             if ex.upgrade is not None:

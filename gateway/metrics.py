@@ -16,6 +16,7 @@ BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 class Metrics:
     __slots__ = (
+        "auth_checks",
         "latency_counts",
         "latency_sum",
         "open_connections",
@@ -35,6 +36,8 @@ class Metrics:
         self.open_connections = 0
         self.open_websockets = 0
         self.websockets_total = 0
+        # Requests to private hosts by how their session was checked: "cache" or "store".
+        self.auth_checks: defaultdict[str, int] = defaultdict(int)
 
     def observe(self, kind: str, status: int, seconds: float) -> None:
         self.requests[(kind, status)] += 1
@@ -51,6 +54,7 @@ class Metrics:
             "open_connections": self.open_connections,
             "open_websockets": self.open_websockets,
             "websockets_total": self.websockets_total,
+            "auth_checks": dict(self.auth_checks),
         }
 
 
@@ -62,8 +66,8 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             req[(k, s)] += n
         total["latency_counts"] = [a + b for a, b in zip(total["latency_counts"], snap["latency_counts"], strict=True)]
         total["latency_sum"] += snap["latency_sum"]
-        for key in ("upstream_errors", "tls_handshakes"):
-            for name, n in snap[key].items():
+        for key in ("upstream_errors", "tls_handshakes", "auth_checks"):
+            for name, n in snap.get(key, {}).items():
                 total[key][name] = total[key].get(name, 0) + n
         for key in ("open_connections", "open_websockets", "websockets_total"):
             total[key] += snap[key]
@@ -102,6 +106,12 @@ def render(snap: dict[str, Any]) -> str:
     ]
     for kind, n in sorted(snap["tls_handshakes"].items()):
         out.append(f'wsgate_tls_handshakes_total{{session="{kind}"}} {n}')
+    out += [
+        "# HELP wsgate_auth_checks_total Requests to private hosts, by where their credentials were checked.",
+        "# TYPE wsgate_auth_checks_total counter",
+    ]
+    for source, n in sorted(snap.get("auth_checks", {}).items()):
+        out.append(f'wsgate_auth_checks_total{{source="{source}"}} {n}')
     out += [
         "# HELP wsgate_open_connections Client connections open now.",
         "# TYPE wsgate_open_connections gauge",

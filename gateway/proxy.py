@@ -25,7 +25,7 @@ import httptools
 from auth.policy import PUBLIC
 from auth.principal import Principal
 from gateway import http1
-from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer
+from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Pass
 from gateway.http1 import BadRequest, Headers
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
 from launcher.base import NotRunning
@@ -457,10 +457,15 @@ class ClientConnection(asyncio.Protocol):
                 self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
                 return
             if route.access.level != PUBLIC or ex.target.startswith(b"/.wsgate/"):
-                if ex.pending is None:
-                    ex.pending = []
-                self._pause(_PAUSE_CONNECT)
-                gw.spawn(self._guarded(ex, route))
+                verdict = gw.guard.quick(ex, route)
+                gw.metrics.auth_checks["store" if verdict is None else "cache"] += 1
+                if verdict is None:
+                    if ex.pending is None:
+                        ex.pending = []
+                    self._pause(_PAUSE_CONNECT)
+                    gw.spawn(self._guarded(ex, route))
+                else:
+                    self._admit(ex, route, verdict)
                 return
         self._forward(ex, route, None)
 
@@ -498,6 +503,9 @@ class ClientConnection(asyncio.Protocol):
         if self.current is not ex or self.closing:
             return
         self._resume(_PAUSE_CONNECT)
+        self._admit(ex, route, verdict)
+
+    def _admit(self, ex: Exchange, route: Route, verdict: Answer | Pass) -> None:
         if isinstance(verdict, Answer):
             ex.pending = None
             self._respond_error(ex, verdict.status, verdict.message, headers=verdict.headers)

@@ -22,6 +22,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from auth.revocation import share_between_workers
 from certs.tls import CertPair, TLSManager, local_ca_manager
 from gateway.config import Config, ConfigError, load_config, with_dev_login
 from gateway.logs import event, setup_logging
@@ -159,6 +160,7 @@ def serve(config: Config) -> int:
     tls = build_tls(config)
     check_coverage(config, tls)
     prepare_auth_state(config)
+    share_between_workers()  # before any worker forks
     sock = bind(config.listen.address, config.listen.port, config.listen.backlog)
     redirect_sock = (
         bind(config.listen.address, config.listen.http_redirect_port, config.listen.backlog)

@@ -20,6 +20,7 @@ from aiohttp import web
 from auth.assertions import AssertionSigner
 from auth.docstore import StoreUnavailable
 from auth.policy import PUBLIC, parse_access
+from auth.revocation import REVOCATION_KIND
 from auth.teams import TeamDirectory
 from certs.localca import ensure_local_ca
 from certs.tls import CertificateError, TLSManager
@@ -133,6 +134,11 @@ class Gateway:
         self.same_machine = SameMachine(self.loop, config.proxy.connect_timeout)
         self.pool.workspaces = self.connect_workspace
         self.docs.subscribe(self._records_changed)
+        # Revocations: other replicas hear of this worker's, and its cached sessions are trusted
+        # only while theirs can be heard (auth/revocation.py).
+        self.auth.announce = self._announce_revocation
+        self.auth.host_cache.live = lambda: self.docs.listening
+        self.docs.follow(REVOCATION_KIND)
         self._records_generation = -1
         if self.launcher is not None:
             self.launcher.subscribe(self.workspace_changed)
@@ -323,6 +329,16 @@ class Gateway:
     def _records_changed(self, kind: str, _id: str) -> None:
         if kind == RECORD_KIND:
             self.spawn(self.load_records())
+        elif kind == REVOCATION_KIND:
+            self.auth.epoch.advance()
+
+    async def _announce_revocation(self) -> None:
+        try:
+            await self.docs.announce(REVOCATION_KIND)
+        except StoreUnavailable as e:
+            # Nothing cached here survives the outage: the caches stop trusting themselves
+            # until the channel is back, and the reconnect says "reload everything".
+            event(log, logging.WARNING, "revocation not announced to other replicas", error=str(e))
 
     async def load_records(self) -> None:
         """Routes for the workspaces other gateway processes run (their owner-only rule applies here too)."""

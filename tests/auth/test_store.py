@@ -222,7 +222,7 @@ async def test_activity_keeps_a_session_but_not_past_its_lifetime(
     kv: KV, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real deployments skip last_seen writes for a minute; with no skipping, every use counts as activity.
-    monkeypatch.setattr(auth.sessions, "_TOUCH_EVERY", 0.0)
+    monkeypatch.setattr(auth.sessions, "TOUCH_EVERY", 0.0)
     store = SessionStore(kv, idle_timeout=0.6, lifetime=1.5)
     sid, session = await store.create(ALICE)
     start = time.monotonic()

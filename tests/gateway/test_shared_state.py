@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -129,6 +130,45 @@ async def test_every_request_succeeds_whichever_worker_answers(gw2: Gateway) -> 
                 break
         # Each worker stamps request ids with its own prefix: two prefixes, two workers.
         assert len(seen) == 2, f"only one worker answered: {seen}"
+    no_tracebacks(gw2)
+
+
+async def cache_hits(gw: Gateway) -> int:
+    """Requests whose session came from a worker's cache (workers report their counters every second)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = re.search(r'^wsgate_auth_checks_total\{source="cache"\} (\d+)$', gw.metrics(), re.M)
+        if (found and int(found.group(1)) > 0) or time.monotonic() > deadline:
+            return int(found.group(1)) if found else 0
+        await asyncio.sleep(0.2)
+
+
+async def test_sign_out_in_one_worker_is_seen_by_the_next_request_in_every_worker(gw2: Gateway) -> None:
+    """Both workers have just answered for the host cookie (their caches hold the session); the
+    sign-out goes to one worker; not one request after it gets through, on either worker."""
+    async with Browser(str(gw2.ca)) as b:
+        visit = await dev_sign_in(b, ws_url(gw2, "/start"), "alice")
+        assert visit.status == 200
+        for attempt in range(3):
+            seen: set[str] = set()
+            for _ in range(8):  # until both workers have answered (each request is a fresh connection)
+                batch = await asyncio.gather(*(b.go(ws_url(gw2, f"/warm{i}"), follow=False) for i in range(10)))
+                assert all(v.status == 200 for v in batch), [(v.status, v.text[:200]) for v in batch]
+                seen |= {request_id(v).rsplit("-", 1)[0] for v in batch}
+                if len(seen) == 2:
+                    break
+            assert len(seen) == 2, f"only one worker answered: {seen}"
+            # The warm-up was answered from the workers' session caches (what is being tested).
+            assert await cache_hits(gw2) > 0, gw2.metrics()
+            out = await b.go(main_url(gw2, "/auth/logout"), "POST", data={"csrf": await csrf_of(b, gw2)})
+            assert out.status == 200
+            after = await asyncio.gather(*(b.go(ws_url(gw2, f"/after{i}"), follow=False) for i in range(20)))
+            for v in after:
+                assert v.status == 302 and "/auth/host?" in v.last.headers["Location"], (v.status, v.text[:200])
+                assert "/after" not in v.text  # nothing of the upstream's answer
+            if attempt < 2:  # again, with a fresh session
+                visit = await dev_sign_in(b, ws_url(gw2, "/again"), "alice")
+                assert visit.status == 200
     no_tracebacks(gw2)
 
 
