@@ -18,6 +18,7 @@ from bench.report import PROXIES, BenchResult
 from bench.servers import (
     BIG_FILE,
     HTTP_HOST,
+    SESSION_HOST,
     SINK_HOST,
     SMALL_BODY,
     WS_HOST,
@@ -81,12 +82,13 @@ class CpuMeter:
         return "/".join(f"{u:.2f}" for u in self.used)
 
 
-def check_http(st: Stack, res: BenchResult, path: str, expect: bytes) -> None:
+def check_http(st: Stack, res: BenchResult, path: str, expect: bytes, *, host: str = HTTP_HOST,
+               headers: tuple[str, ...] = ()) -> None:
     """Both proxies must answer 200 with the expected body, with wsgate's certificate, verified against its CA."""
     certs = {}
     for proxy in PROXIES:
         try:
-            resp = https_request(st.ports[proxy], HTTP_HOST, path, ca=st.ca)
+            resp = https_request(st.ports[proxy], host, path, ca=st.ca, headers=headers)
         except OSError as e:
             raise BenchError(f"{proxy}: request for {path} failed: {e}") from None
         if resp.status != 200 or resp.body != expect:
@@ -121,11 +123,17 @@ def _wrk_rounds(opts: Options, res: BenchResult, path: str, expect: bytes | None
     with stack(opts, res.name) as st:
         if expect is None:
             expect = (st.docroot / path.lstrip("/")).read_bytes()
-        check_http(st, res, path, expect)
+        # A signed-in browser's requests to a private port: wsgate checks the session on each one.
+        headers = (st.session_header,)
+        res.details.append(f"requests to {SESSION_HOST}, a port private to its owner, carry the host cookie "
+                           "of a signed-in session; wsgate checks it on every request (nginx checks nothing)")
+        check_http(st, res, path, expect, host=SESSION_HOST, headers=headers)
+        if https_request(st.ports["wsgate"], SESSION_HOST, path, ca=st.ca).status != 302:
+            raise BenchError(f"wsgate: {SESSION_HOST} answered without a session: it is not checking them")
         urls = {p: f"https://127.0.0.1:{st.ports[p]}{path}" for p in PROXIES}
         for proxy in PROXIES:
-            check_wrk(proxy, wrk.run(urls[proxy], HTTP_HOST, connections=connections, threads=2,
-                                     duration=opts.warmup), st)
+            check_wrk(proxy, wrk.run(urls[proxy], SESSION_HOST, connections=connections, threads=2,
+                                     duration=opts.warmup, headers=headers), st)
         if latency:
             p50 = res.metric("latency p50", "ms", "diff<=", target)
             p99 = res.metric("latency p99", "ms", "info")
@@ -138,8 +146,8 @@ def _wrk_rounds(opts: Options, res: BenchResult, path: str, expect: bytes | None
 
         def one(proxy: str, r: int) -> None:
             meter = CpuMeter(st.root_pid(proxy))
-            out = wrk.run(urls[proxy], HTTP_HOST, connections=connections, threads=2, duration=opts.duration,
-                          latency=latency)
+            out = wrk.run(urls[proxy], SESSION_HOST, connections=connections, threads=2, duration=opts.duration,
+                          latency=latency, headers=headers)
             used = meter.stop()
             check_wrk(proxy, out, st)
             st.check_alive()

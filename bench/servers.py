@@ -6,6 +6,7 @@ whole group on stop, at exit, or when the run is interrupted.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -23,8 +24,13 @@ from pathlib import Path
 DOMAIN = "wsgate.localhost"
 WORKSPACE = "bench"
 # Workspace ports that select the upstream, for both proxies.
-HTTP_PORT, WS_PORT, SINK_PORT = 8080, 8081, 8082
+HTTP_PORT, WS_PORT, SINK_PORT, SESSION_PORT = 8080, 8081, 8082, 8083
 HTTP_HOST = f"{HTTP_PORT}-{WORKSPACE}.ws.{DOMAIN}"
+# The same upstream as HTTP_HOST behind a port private to its owner: every request through it has
+# its session checked by wsgate, as a signed-in browser's would (nginx checks nothing).
+SESSION_HOST = f"{SESSION_PORT}-{WORKSPACE}.ws.{DOMAIN}"
+OWNER = "dev:alice"
+HOST_COOKIE = "__Host-wsgate-host"
 WS_HOST = f"{WS_PORT}-{WORKSPACE}.ws.{DOMAIN}"
 SINK_HOST = f"{SINK_PORT}-{WORKSPACE}.ws.{DOMAIN}"
 SMALL_BODY = b"hello"
@@ -148,12 +154,13 @@ def client_context(ca: Path | None = None) -> ssl.SSLContext:
 
 
 def https_request(port: int, host: str, path: str = "/", *, ca: Path | None = None, method: str = "GET",
-                  body: bytes = b"", timeout: float = 10.0) -> Response:
+                  body: bytes = b"", timeout: float = 10.0, headers: tuple[str, ...] = ()) -> Response:
     """One HTTPS request with SNI = Host = ``host`` (verified against ``ca`` when given); reads to EOF."""
     ctx = client_context(ca)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
             ctx.wrap_socket(raw, server_hostname=host) as s:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        extra = "".join(h + "\r\n" for h in headers)
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         version, cipher = s.version(), (s.cipher() or ("",))[0]
         peer_cert = s.getpeercert(binary_form=True) or b""
@@ -168,15 +175,15 @@ def https_request(port: int, host: str, path: str = "/", *, ca: Path | None = No
         status = int(lines[0].split()[1])
     except (IndexError, ValueError):
         raise BenchError(f"not an HTTP response from port {port}: {raw_resp[:200]!r}") from None
-    headers = {}
+    got = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
+        got[name.strip().lower()] = value.strip()
+    if got.get("transfer-encoding", "").lower() == "chunked":
         rest = _dechunk(rest)
-    elif "content-length" in headers:
-        rest = rest[: int(headers["content-length"])]
-    return Response(status, headers, rest, version, cipher, peer_cert)
+    elif "content-length" in got:
+        rest = rest[: int(got["content-length"])]
+    return Response(status, got, rest, version, cipher, peer_cert)
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -189,6 +196,26 @@ def _dechunk(data: bytes) -> bytes:
         out.append(data[:size])
         data = data[size + 2 :]
     return b"".join(out)
+
+
+async def sign_in(port: int, ca: Path) -> str:
+    """Signs in to wsgate as the owner through its dev sign-in and opens SESSION_HOST, like a browser;
+    returns the Cookie header that browser then sends to SESSION_HOST."""
+    # The test suite's browser (appended to the path: tests/ has directories named like the packages).
+    if str(REPO / "tests") not in sys.path:
+        sys.path.append(str(REPO / "tests"))
+    from signin_client import Browser, dev_sign_in
+
+    url = f"https://{SESSION_HOST}:{port}/"
+    async with Browser(str(ca)) as b:
+        visit = await dev_sign_in(b, url, OWNER.split(":", 1)[1])
+        if visit.status != 200 or visit.url != url or visit.last.body != SMALL_BODY:
+            raise BenchError(f"wsgate dev sign-in for {SESSION_HOST} ended with {visit.status} at {visit.url}: "
+                             f"{visit.last.body[:200]!r}")
+        value = b.cookie(HOST_COOKIE)
+    if not value:
+        raise BenchError(f"wsgate dev sign-in set no {HOST_COOKIE} cookie")
+    return f"Cookie: {HOST_COOKIE}={value}"
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -210,6 +237,8 @@ class Stack:
     ws_port: int = 0
     sink_port: int = 0
     ports: dict[str, int] = field(default_factory=dict)  # proxy name -> port
+    # "Cookie: ..." of a browser signed in to wsgate (dev sign-in) with SESSION_HOST opened.
+    session_header: str = ""
     procs: dict[str, Proc] = field(default_factory=dict)
     _extra: list[Proc] = field(default_factory=list)
 
@@ -250,6 +279,7 @@ class Stack:
         # wsgate first: on a fresh state dir it creates the CA and leaf that nginx then uses too.
         self._start_wsgate()
         self._start_proxy_nginx()
+        self.session_header = asyncio.run(sign_in(self.ports["wsgate"], self.ca))
         for proc in self._extra:
             proc.check_alive()
 
@@ -320,7 +350,8 @@ class Stack:
         routes = "".join(
             f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {wport}\nupstream = "127.0.0.1:{uport}"\npublic = true\n\n'
             for wport, uport in ((HTTP_PORT, self.upstream_port), (WS_PORT, self.ws_port), (SINK_PORT, self.sink_port))
-        )
+        ) + (f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {SESSION_PORT}\nupstream = "127.0.0.1:{self.upstream_port}"\n'
+             f'owner = "{OWNER}"\n\n')
         conf.write_text(textwrap.dedent(f"""\
             state_dir = "{self.state_dir}"
             workers = {self.workers}
@@ -337,6 +368,9 @@ class Stack:
 
             [log]
             access_log = false
+
+            [auth]
+            dev_login = true
 
         """) + routes)
         script = Path(sys.executable).with_name("wsgate")
@@ -403,7 +437,7 @@ class Stack:
                 upstream ws_up {{ server 127.0.0.1:{self.ws_port}; keepalive 64; }}
                 upstream sink_up {{ server 127.0.0.1:{self.sink_port}; keepalive 64; }}
 
-        """) + server(HTTP_HOST, "http_up") + server(WS_HOST, "ws_up")
+        """) + server(HTTP_HOST, "http_up") + server(SESSION_HOST, "http_up") + server(WS_HOST, "ws_up")
             # Streamed like wsgate does, instead of spooled to a temp file first (nginx's default).
             + server(SINK_HOST, "sink_up", "        proxy_request_buffering off;\n") + "}\n")
         proc = Proc("nginx", [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], prefix / "nginx.log")
