@@ -17,11 +17,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# A C compiler for the build only: the forwarding hot path is compiled with mypyc (setup.py).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/wsgate
 ENV PATH=/opt/wsgate/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY gateway/ gateway/
 COPY auth/ auth/
 COPY routing/ routing/

@@ -12,7 +12,10 @@ NPM := $(shell command -v npm 2>/dev/null)
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The hot path is compiled at install (setup.py): a change to it reinstalls.
+HOT_PATH := gateway/proxy.py gateway/http1.py gateway/wsframes.py
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(HOT_PATH)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)

@@ -53,7 +53,8 @@ def environment() -> dict[str, str]:
         "curl": _cmd(["curl", "--version"]).split(" (")[0],
         "openssl": _cmd(["openssl", "version"]),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
-        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''})",
+        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''}; "
+                  f"{_cmd([sys.executable, '-m', 'gateway', 'version']).partition(' (')[2].rstrip(')')})",
         "uvloop": pkg("uvloop"),
         "nofile limit": " / ".join(str(x) for x in __import__("resource").getrlimit(
             __import__("resource").RLIMIT_NOFILE)),

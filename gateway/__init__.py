@@ -1,8 +1,54 @@
 """wsgate: gateway room."""
 
+from __future__ import annotations
+
+import importlib.util
+import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 try:
     __version__ = version("wsgate")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+# Compiled together by mypyc when installed with a compiler (setup.py); imported in this order.
+HOT_PATH = ("wsframes", "http1", "proxy")
+
+
+def _source_over_stale_build() -> None:
+    """In a source checkout, a hot-path module edited after the last build must not be shadowed by
+    the old compiled one (Python prefers the extension): then all three load from source. They are
+    compiled as one unit, so one stale module means none of the compiled ones may be used."""
+    here = Path(__file__).resolve().parent
+    if not (here.parent / ".git").exists():
+        return  # an installed package: its files are what was built
+    stale = False
+    for name in HOT_PATH:
+        built = list(here.glob(f"{name}.cpython-*.so"))
+        if built and built[0].stat().st_mtime < (here / f"{name}.py").stat().st_mtime:
+            stale = True
+    if not stale:
+        return
+    for name in HOT_PATH:
+        full = f"{__name__}.{name}"
+        spec = importlib.util.spec_from_file_location(full, here / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+        setattr(sys.modules[__name__], name, module)
+    print(
+        "wsgate: the compiled hot path is older than its source; running the source (make install rebuilds it)",
+        file=sys.stderr,
+    )
+
+
+def hot_path_compiled() -> bool:
+    """Whether the forwarding hot path runs compiled (mypyc) rather than interpreted."""
+    from gateway import proxy
+
+    return not (proxy.__file__ or "").endswith(".py")
+
+
+_source_over_stale_build()

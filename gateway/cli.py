@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "version":
             from importlib.metadata import version
 
-            print(version("wsgate"))
+            from gateway import hot_path_compiled
+
+            print(f"{version('wsgate')} (hot path {'compiled' if hot_path_compiled() else 'interpreted'})")
             return 0
     except (ConfigError, CertificateError) as e:
         print(f"wsgate: {e}", file=sys.stderr)

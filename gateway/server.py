@@ -24,6 +24,7 @@ from aiohttp import web
 
 from auth.revocation import share_between_workers
 from certs.tls import CertPair, TLSManager, local_ca_manager
+from gateway import hot_path_compiled
 from gateway.config import Config, ConfigError, load_config, with_dev_login
 from gateway.logs import event, setup_logging
 from gateway.metrics import merge, render
@@ -85,6 +86,7 @@ def announce(config: Config, sock: socket.socket, tls: TLSManager) -> None:
         "workspaces": f"https://<port>-<workspace>.ws.{authority}/",
         "listen": f"{config.listen.address}:{sock.getsockname()[1]}",
         "workers": config.worker_count,
+        "hot_path": "compiled" if hot_path_compiled() else "interpreted",
         "config": config.source,
         "certificates": tls.describe(),
     }
