@@ -15,7 +15,7 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-HOT_PATH = ["gateway/proxy.py", "gateway/http1.py", "gateway/wsframes.py"]
+HOT_PATH = ["gateway/proxy.py", "gateway/http1.py", "gateway/wsframes.py", "gateway/guard.py"]
 
 
 class OptionalBuildExt(build_ext):

@@ -13,7 +13,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 # Compiled together by mypyc when installed with a compiler (setup.py); imported in this order.
-HOT_PATH = ("wsframes", "http1", "proxy")
+HOT_PATH = ("wsframes", "http1", "guard", "proxy")
 
 
 def _source_over_stale_build() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 from collections.abc import Sequence
 from html import escape
 from typing import Final
@@ -422,6 +423,10 @@ def _cookie_name(pair: bytes) -> bytes:
     return name
 
 
+# A cookie value the gateway set: visible ASCII without '"', ',', ';' or '\\' (RFC 6265 cookie-octet).
+_COOKIE_VALUE: Final = re.compile(rb"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+
+
 def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The value of the gateway cookie `name` (exact, case-sensitive), read strictly.
 
@@ -439,7 +444,7 @@ def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
                     if found is not None:
                         return None
                     found = v
-    if found is None or not found or any(c <= 32 or c >= 127 or c in b'",\\' for c in found):
+    if found is None or _COOKIE_VALUE.fullmatch(found) is None:
         return None
     return found
 

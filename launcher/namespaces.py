@@ -66,6 +66,8 @@ from .outputs import digest_outputs
 log = logging.getLogger("wsgate.launcher")
 
 _TAIL_LINES = 20
+# How much of a followed log is remembered to find its place in the sealed log.
+_SEEN_BYTES = 4096
 _TAIL_BYTES = 4096
 
 
@@ -624,22 +626,29 @@ class NamespaceLauncher(Backend):
             yield data
         current: Any = None
         inode = -1
+        seen = data[-_SEEN_BYTES:]  # the end of what was yielded: where the sealed log takes over
         while True:
             running = item.record.state in LIVE and self._live.get(workspace_id) is item
             path = wdir / "run" / "output.log"
             with contextlib.suppress(OSError):
                 st = path.stat()
                 if st.st_ino != inode:
-                    if current is not None:
-                        rest = current.read()
-                        current.close()
+                    # Let go of the old file before yielding: the new one may be gone (sealed at the
+                    # end of the run) by the time the reader comes back, and a closed file must not
+                    # be read again.
+                    old, current, inode = current, None, -1
+                    if old is not None:
+                        rest = old.read()
+                        old.close()
                         if rest:
+                            seen = (seen + rest)[-_SEEN_BYTES:]
                             yield rest
                     current = open(path, "rb")  # noqa: SIM115 - kept open across rotations
                     inode = st.st_ino
             if current is not None:
                 chunk = current.read(1 << 16)
                 if chunk:
+                    seen = (seen + chunk)[-_SEEN_BYTES:]
                     yield chunk
                     continue
             if not running or not live:
@@ -650,8 +659,11 @@ class NamespaceLauncher(Backend):
                     if rest:
                         yield rest
                 elif not running:
-                    # It ended before anything was read: what it wrote is sealed by now.
+                    # The file is sealed by now: what of it was not read yet comes from the seal.
                     data = await asyncio.to_thread(self._sealed_log, workspace_id)
+                    if seen:
+                        at = data.rfind(seen)
+                        data = data[at + len(seen):] if at >= 0 else b""
                     if data:
                         yield data
                 return
