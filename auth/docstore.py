@@ -227,6 +227,52 @@ def _doc(kind: str, id: str, body: str, version: int, updated: float) -> Doc:
 
 
 # --- SQLite ------------------------------------------------------------------------------
+class KindFollower:
+    """Keeps what a process derived from one kind current.
+
+    `reload` runs at once when a change is notified (a local write, a Redis
+    message) and whenever the kind's generation moved without a notice (another
+    process on SQLite, a missed message). `reload` records the generation it
+    loaded in `generation`. A store outage keeps the last load and is logged.
+    """
+
+    POLL_INTERVAL: Final = 0.5
+
+    def __init__(self, docs: DocStore, kind: str, reload: Callable[[], Awaitable[None]], failed: str) -> None:
+        self.docs = docs
+        self.kind = kind
+        self.generation = -1
+        self._reload = reload
+        self._failed = failed
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        docs.subscribe(self._changed)
+
+    def _changed(self, kind: str, _id: str) -> None:
+        if kind == self.kind:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.POLL_INTERVAL)
+            self._wake.clear()
+            try:
+                if await self.docs.generation(self.kind) != self.generation:
+                    await self._reload()
+            except StoreUnavailable as e:
+                log.warning("event=reload_failed kind=%s what=%r error=%r", self.kind, self._failed, str(e))
+
+
 class SQLiteDocStore(DocStore):
     """Documents in the gateway's SQLite file, for one machine.
 

@@ -14,14 +14,12 @@ the store's generation for teams moves.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from auth.docstore import Conflict, Doc, DocStore, StoreUnavailable
+from auth.docstore import Conflict, Doc, DocStore, KindFollower
 from auth.policy import Policy, Team, is_identity
 
 log = logging.getLogger("wsgate.teams")
@@ -31,7 +29,6 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _GROUP = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}:[a-z0-9][a-z0-9_./-]{0,254}")
 _FIELDS = ("groups", "members", "admins")
 MAX_ENTRIES = 1000
-POLL_INTERVAL = 0.5
 
 
 class TeamError(ValueError):
@@ -91,15 +88,8 @@ class TeamDirectory:
         self.policy = policy
         self.config_teams = dict(config_teams)
         self.versions: dict[str, int] = {}
-        self._generation = -1
-        self._task: asyncio.Task[None] | None = None
-        self._reload = asyncio.Event()
+        self.follower = KindFollower(docs, KIND, self.load, "teams not reloaded; keeping the last ones")
         policy.teams = dict(self.config_teams)
-        docs.subscribe(self._changed)
-
-    def _changed(self, kind: str, _id: str) -> None:
-        if kind == KIND:
-            self._reload.set()
 
     def is_config(self, name: str) -> bool:
         return name in self.config_teams
@@ -120,28 +110,13 @@ class TeamDirectory:
         teams.update(self.config_teams)
         self.policy.teams = teams
         self.versions = versions
-        self._generation = generation
+        self.follower.generation = generation
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self.follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        """Reload on a local or pushed change at once, and poll the generation for other processes."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), POLL_INTERVAL)
-            self._reload.clear()
-            try:
-                if await self.docs.generation(KIND) != self._generation:
-                    await self.load()
-            except StoreUnavailable as e:
-                log.warning("event=teams_reload_failed error=%r", str(e))
+        await self.follower.stop()
 
     async def put(self, team: Team, *, if_version: int | None, audit: Mapping[str, Any]) -> Doc:
         if self.is_config(team.name):

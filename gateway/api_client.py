@@ -74,6 +74,22 @@ class APIError(CLIError):
 # --- the command line -------------------------------------------------------------------
 
 
+# How a gateway admin gets a token for the admin commands (see gateway/tokens_cli.py).
+ADMIN_TOKEN_COMMAND = "wsgate tokens create --owner <identity> --name X --scopes api,admin"
+ADMIN_TOKEN = f"`{ADMIN_TOKEN_COMMAND}` on the gateway host"
+
+
+def version_arg(get_command: str) -> Callable[[str], int]:
+    """The argparse type of --if-match: a document version, read with `get_command`."""
+
+    def parse(value: str) -> int:
+        if not value.isascii() or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"expected a version number (see `{get_command}`), got {value!r}")
+        return int(value)
+
+    return parse
+
+
 def connection_parent(*, token_help: str = DEFAULT_TOKEN_HELP) -> argparse.ArgumentParser:
     """The parent parser with the `connection` group (--url, --config, --token, --ca) every subcommand takes.
 

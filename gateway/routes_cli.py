@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.api_client import (
+    ADMIN_TOKEN,
+    ADMIN_TOKEN_COMMAND,
     COMMON_EPILOG,
     APIError,
     CLIError,
@@ -40,6 +42,7 @@ from gateway.api_client import (
     reason,
     run_command,
     target,
+    version_arg,
 )
 from routing.rules import Rule
 
@@ -82,10 +85,6 @@ _OPTION_OF_FIELD = {
 # With --file, the rule's fields are keys of the file (see _explain).
 _OPTION_OF_FIELD_WITH_FILE = {"id": "ID", "If-Match": "--if-match"}
 
-# How a gateway admin gets a token for this command (see gateway/tokens_cli.py).
-ADMIN_TOKEN_COMMAND = "wsgate tokens create --owner <identity> --name X --scopes api,admin"
-ADMIN_TOKEN = f"`{ADMIN_TOKEN_COMMAND}` on the gateway host"
-
 # --- the command line -------------------------------------------------------------------
 
 DESCRIPTION = f"""\
@@ -127,10 +126,7 @@ required, the others have the defaults shown:
 """
 
 
-def _version(value: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a version number (see `wsgate routes get ID`), got {value!r}")
-    return int(value)
+_version = version_arg("wsgate routes get ID")
 
 
 def _seconds(value: str) -> float:

@@ -16,12 +16,11 @@ its validation, path canonicalisation and the index (routing/rules.py, paths.py)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from auth.docstore import Doc, StoreUnavailable
+from auth.docstore import Doc, KindFollower
 from gateway.api import Caller, audit_entry
 from gateway.logs import event
 from routing.rules import Rule, RuleContext, RuleError, RuleSet, parse_rule
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.rules")
 
 KIND = "rule"
-POLL_INTERVAL = 0.5
 
 
 class Rules:
@@ -40,15 +38,8 @@ class Rules:
         self.gw = gw
         self.current = RuleSet()
         self.versions: dict[str, int] = {}
-        self._generation = -1
-        self._reload = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        gw.docs.subscribe(self._changed)
-
-    def _changed(self, kind: str, _id: str) -> None:
-        if kind == KIND:
-            self._reload.set()
+        self.follower = KindFollower(gw.docs, KIND, self.load, "rules not reloaded; serving the last ones")
 
     def context(self, *, loading: bool = False) -> RuleContext:
         cfg = self.gw.config
@@ -79,29 +70,15 @@ class Rules:
                 event(log, logging.ERROR, "rule not applied", rule=rule_id, error=error)
             self.current = rules
             self.versions = versions
-            self._generation = generation
+            self.follower.generation = generation
             self.gw.router.set_rules(rules)
             self.gw.rules_changed()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self.follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), POLL_INTERVAL)
-            self._reload.clear()
-            try:
-                if await self.gw.docs.generation(KIND) != self._generation:
-                    await self.load()
-            except StoreUnavailable as e:
-                event(log, logging.WARNING, "rules reload failed; serving the last rules", error=str(e))
+        await self.follower.stop()
 
     # --- changes ---------------------------------------------------------------------------
     def check(self, rule_id: str, body: Mapping[str, Any]) -> Rule:

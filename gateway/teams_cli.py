@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.api_client import (
+    ADMIN_TOKEN,
+    ADMIN_TOKEN_COMMAND,
     COMMON_EPILOG,
     APIError,
     CLIError,
@@ -31,6 +33,7 @@ from gateway.api_client import (
     reason,
     run_command,
     target,
+    version_arg,
 )
 
 _LISTS = ("groups", "members", "admins")
@@ -45,10 +48,6 @@ _OPTION_OF_FIELD = {
 }
 # With --file, the lists' fields are keys of the file (see _explain).
 _OPTION_OF_FIELD_WITH_FILE = {"name": "NAME", "If-Match": "--if-match"}
-
-# How a gateway admin gets a token for this command (see gateway/tokens_cli.py).
-ADMIN_TOKEN_COMMAND = "wsgate tokens create --owner <identity> --name X --scopes api,admin"
-ADMIN_TOKEN = f"`{ADMIN_TOKEN_COMMAND}` on the gateway host"
 
 # --- the command line -------------------------------------------------------------------
 
@@ -85,10 +84,7 @@ _TOKEN_HINT = (
 )
 
 
-def _version(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a version number (see `wsgate teams get NAME`), got {value!r}")
-    return int(value)
+_version = version_arg("wsgate teams get NAME")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_runner import InProcessCLI, make_tokens
 from wsgate_testing import DOMAIN, REPO, Gateway, free_port
-
-from gateway.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -29,70 +27,12 @@ members = ["dev:alice"]
 """
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class CLI:
-    """Runs `wsgate teams ...` in this process (`gateway.cli.main`, as `python -m gateway` does), with
-    one person's token and WSGATE_* from `env` only. Many runs a test: a subprocess each would be slow;
-    test_every_subcommand_has_its_own_help and test_put_get_list_and_delete run the real command too.
-    """
+class CLI(InProcessCLI):
+    """`wsgate teams ...` as one person; test_every_subcommand_has_its_own_help and
+    test_put_get_list_and_delete run the real command too."""
 
     def __init__(self, gw: Gateway, token: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.gw = gw
-        self.token = token
-        self.capsys = capsys
-
-    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        with pytest.MonkeyPatch.context() as m:
-            for name in os.environ:
-                if name.startswith("WSGATE_") and name != "WSGATE_INIT_DIR":
-                    m.delenv(name)
-            for name, value in {"WSGATE_TOKEN": self.token, **(env or {})}.items():
-                m.setenv(name, value)
-            self.capsys.readouterr()
-            try:
-                code = main(["teams", *args, "--config", str(self.gw.config)])
-            except SystemExit as e:  # argparse: usage errors and --help
-                code = e.code if isinstance(e.code, int) else 1
-            out = self.capsys.readouterr()
-        return Result(code, out.out, out.err)
-
-    def ok(self, *args: str) -> str:
-        out = self(*args)
-        assert out.returncode == 0 and out.stderr == "", (args, out.stderr)
-        return out.stdout
-
-    def fails(self, *args: str, code: int = 1, env: dict[str, str] | None = None) -> str:
-        """The one-line message on stderr of a failing command."""
-        out = self(*args, env=env)
-        assert out.returncode == code, (args, out.returncode, out.stdout, out.stderr)
-        assert "Traceback" not in out.stderr and out.stdout == ""
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("wsgate: "), out.stderr
-        return lines[0]
-
-
-def make_tokens(gw: Gateway, wanted: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """{name: (owner, scopes)} -> {name: token}, from `wsgate tokens create` on the "gateway host", all at once."""
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "gateway", "tokens", "create", "--owner", owner, "--name", "teams cli test",
-             "--scopes", scopes, "--config", str(gw.config)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for name, (owner, scopes) in wanted.items()
-    }
-    tokens = {}
-    for name, run in runs.items():
-        out, err = run.communicate(timeout=30)
-        assert run.returncode == 0 and out.startswith("wsg_"), err
-        tokens[name] = out.strip()
-    return tokens
+        super().__init__("teams", gw, token, capsys)
 
 
 @pytest.fixture
@@ -104,14 +44,9 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
 def people(gw: Gateway, capsys: pytest.CaptureFixture[str]) -> dict[str, CLI]:
     """Everyone's CLI. `root` is a gateway admin whose token carries the 'admin' scope,
     `plain-root` the same admin with an 'api'-only token; the others are not gateway admins.
-
-    All tokens are made before the gateway is first asked anything: as of this writing a
-    token created once the gateway has opened its SQLite file twice may never be seen by
-    it (auth/sqlite.py `Database._connect` closes a descriptor of a file that the process's
-    other connection has open, which drops that connection's locks).
     """
-    tokens = make_tokens(gw, {"root": ("dev:root", "api,admin"), "plain-root": ("dev:root", "api"),
-                              "alice": ("dev:alice", "api"), "bob": ("dev:bob", "api")})
+    tokens = make_tokens({"root": (gw, "dev:root", "api,admin"), "plain-root": (gw, "dev:root", "api"),
+                          "alice": (gw, "dev:alice", "api"), "bob": (gw, "dev:bob", "api")})
     return {name: CLI(gw, token, capsys) for name, token in tokens.items()}
 
 
