@@ -68,6 +68,7 @@ log = logging.getLogger("wsgate.launcher")
 _TAIL_LINES = 20
 # How much of a followed log is remembered to find its place in the sealed log.
 _SEEN_BYTES = 4096
+_MIN_OVERLAP = 16
 _TAIL_BYTES = 4096
 
 
@@ -428,11 +429,11 @@ class NamespaceLauncher(Backend):
         else:
             state = FAILED
             error = error or f"exited with code {code}"
-        live.record = dataclasses.replace(
+        ended = dataclasses.replace(
             live.record, state=state, exit_code=code, error=error, finished=time.time(), outputs=outputs
         )
         live.control = None
-        await self._save(live)
+        await self._save(live, ended)
         live.finalized.set()
         self._publish(live)
         log.info("event=workspace_ended id=%s state=%s exit_code=%s", workspace_id, state, code)
@@ -657,13 +658,12 @@ class NamespaceLauncher(Backend):
                     rest = current.read()
                     current.close()
                     if rest:
+                        seen = (seen + rest)[-_SEEN_BYTES:]
                         yield rest
-                elif not running:
-                    # The file is sealed by now: what of it was not read yet comes from the seal.
-                    data = await asyncio.to_thread(self._sealed_log, workspace_id)
-                    if seen:
-                        at = data.rfind(seen)
-                        data = data[at + len(seen):] if at >= 0 else b""
+                if not running:
+                    # The run is sealed by now, and the file held open may have been rotated away
+                    # before its successor could be opened: what was not read yet comes from the seal.
+                    data = _unread(seen, await asyncio.to_thread(self._sealed_log, workspace_id))
                     if data:
                         yield data
                 return
@@ -680,12 +680,18 @@ class NamespaceLauncher(Backend):
         return "\n".join(data.decode(errors="replace").splitlines()[-_TAIL_LINES:])
 
     # --- records ---------------------------------------------------------------------
-    async def _save(self, live: _Live) -> None:
-        # One writer at a time, each writing the record as it is when its turn comes:
-        # the file always ends with the latest state.
+    async def _save(self, live: _Live, record: Workspace | None = None) -> None:
+        """Writes the record; with ``record``, on disk first and only then in memory.
+
+        One writer at a time, each writing the record as it is when its turn comes:
+        the file always ends with the latest state.  A run's end goes to disk before
+        anyone can see it, so whoever sees it ended finds the same on disk.
+        """
         async with live.save_lock:
-            data = _to_json(live)
+            data = _to_json(live, record)
             await asyncio.to_thread(_write_atomic, self._dir(live.record.id) / "record.json", data)
+            if record is not None:
+                live.record = record
 
     async def _adopt(self, workspace_id: str) -> None:
         wdir = self._dir(workspace_id)
@@ -762,13 +768,34 @@ def _write_atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _unread(seen: bytes, kept: bytes) -> bytes:
+    """What of the kept output comes after ``seen``, the end of what a reader already has.
+
+    The kept output is the last two log files; the reader may be inside it, straddle its
+    start, or have fallen behind it (the middle rotated away unread): then all of it is new.
+    """
+    if not seen:
+        return kept
+    at = kept.rfind(seen)
+    if at >= 0:
+        return kept[at + len(seen):]
+    # The end of what was read is the start of what was kept (at least 16 bytes, so that a
+    # common line ending alone is not taken for an overlap).
+    i = seen.find(kept[:1])
+    while 0 <= i <= len(seen) - _MIN_OVERLAP:
+        if kept.startswith(seen[i:]):
+            return kept[len(seen) - i:]
+        i = seen.find(kept[:1], i + 1)
+    return kept
+
+
 def _log_aad(workspace_id: str) -> bytes:
     # Bound to the workspace: a sealed log copied into another workspace's directory does not open.
     return b"wsgate-log:" + workspace_id.encode()
 
 
-def _to_json(live: _Live) -> str:
-    w = live.record
+def _to_json(live: _Live, record: Workspace | None = None) -> str:
+    w = record or live.record
     return json.dumps(
         {
             "version": 1,

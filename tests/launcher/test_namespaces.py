@@ -331,3 +331,39 @@ async def test_outputs_are_digested_without_following_planted_links(launcher: Na
 async def test_a_smaller_log_per_request_bounds_what_is_kept(launcher: NamespaceLauncher) -> None:
     _, out = await run(launcher, "head -c 200000 /dev/zero | tr '\\0' x; echo; echo end", log_bytes=16384)
     assert len(out) <= 16384 and out.endswith("end\n")
+
+
+async def test_a_follower_paused_across_rotation_and_the_seal_still_gets_the_end(launcher: NamespaceLauncher) -> None:
+    # The reader holds the first log file open, then does not come back until the run has rotated
+    # that file away twice and been sealed: the file it would have opened next no longer exists.
+    w = await launcher.start(
+        StartRequest(
+            owner="dev:alice",
+            command="echo first; sleep 1; head -c 20000 /dev/zero | tr '\\0' B; echo; echo last-line",
+            log_bytes=8192,
+        )
+    )
+    stream = launcher.follow(w.id)
+    assert await anext(stream) == b"first\n"
+    deadline = time.monotonic() + 20
+    while launcher.get(w.id).state in LIVE:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the workspace did not end"
+        await asyncio.sleep(0.02)
+    rest = b"".join([c async for c in stream])
+    assert rest.endswith(b"B\nlast-line\n")
+    # What the reader missed is the rotated middle, never anything twice.
+    assert b"first" not in rest and len(rest) <= 8192 + 4096
+
+
+def test_the_sealed_log_takes_over_where_the_reader_was() -> None:
+    from launcher.namespaces import _unread
+
+    kept = b"line one\nline two\nline three\n"
+    assert _unread(b"", kept) == kept
+    assert _unread(b"older\nline one\nline two\n", kept) == b"line three\n"  # inside the kept part
+    assert _unread(kept, kept) == b""
+    # Straddling its start: the reader had the end of a file rotated away and the start of this one.
+    assert _unread(b"rotated away\nline one\nline two\nline", kept) == b" three\n"
+    # Fallen behind it: all of it is new; a shared line ending alone is no overlap.
+    assert _unread(b"something else entirely\n", kept) == kept
+    assert _unread(b"x\nline", b"line two\n") == b"line two\n"
