@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -147,6 +147,9 @@ def _check_page(limit: int, before: int | None, kind: str | None) -> None:
 
 class DocStore(ABC):
     """Documents by (kind, id) with versions, an audit log and change listeners."""
+
+    # Whether other replicas' changes arrive over a channel that can be lost (`listening`).
+    replicated: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._listeners: builtins.list[Listener] = []
@@ -496,6 +499,8 @@ class RedisDocStore(DocStore):
     reconnects on its own and then tells listeners to reload every kind they
     may have missed changes of: (kind, "*").
     """
+
+    replicated: ClassVar[bool] = True
 
     def __init__(self, url: str, *, timeout: float = 2.0, audit_cap: int = AUDIT_CAP) -> None:
         super().__init__()

@@ -23,10 +23,12 @@ class Principal:
     email: str = ""
     avatar: str = ""
     groups: frozenset[str] = field(default_factory=frozenset)
+    # "<provider>:<user_id>", what policies and owners name. Kept rather than formatted on
+    # every access: the proxy compares it on every request to a private port.
+    identity: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def identity(self) -> str:
-        return f"{self.provider}:{self.user_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", f"{self.provider}:{self.user_id}")
 
     def qualified_groups(self) -> frozenset[str]:
         return frozenset(f"{self.provider}:{g}" for g in self.groups)

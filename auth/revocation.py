@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import mmap
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
-
-from auth.store import now
 
 if TYPE_CHECKING:
     from auth.sessions import Session
@@ -88,8 +87,9 @@ class SessionCache:
         self.lifetime = lifetime
         self.membership_ttl = membership_ttl
         self.touch_every = touch_every
-        # Whether revocations from other replicas are being heard (set by the gateway's wiring).
-        self.live: Callable[[], bool] = lambda: True
+        # Whether revocations from other replicas are being heard (set by the gateway's wiring
+        # when there are other replicas; None: there is no one else to hear).
+        self.live: Callable[[], bool] | None = None
         self._entries: dict[str, tuple[Session, str, float, int]] = {}
 
     def get(self, grant: str, host: str) -> Session | None:
@@ -99,7 +99,8 @@ class SessionCache:
         session, for_host, until, epoch = entry
         if for_host != host:
             return None
-        if epoch != self.epoch.current() or now() >= until or not self.live():
+        live = self.live
+        if epoch != self.epoch.current() or time.time() >= until or (live is not None and not live()):
             del self._entries[grant]
             return None
         return session
@@ -114,7 +115,7 @@ class SessionCache:
             session.created + self.lifetime,
             session.groups_checked + self.membership_ttl,
         )
-        if until <= now():
+        if until <= time.time():
             return
         entries = self._entries
         if grant not in entries and len(entries) >= MAX_ENTRIES:

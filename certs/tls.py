@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 
@@ -106,6 +107,33 @@ class _State:
         return None
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose read, write and pending are the C methods themselves.
+
+    ``ssl.SSLObject``'s are Python functions that only pass the call on; the event loop's TLS
+    transport calls them a few times per request, and each pass-through is a Python frame.
+    Bound on the instance, the same calls (same arguments, same errors) skip it.
+    """
+
+    @classmethod
+    def _create(
+        cls,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> ssl.SSLObject:
+        obj = super()._create(  # type: ignore[misc]
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
+            session=session, context=context,
+        )
+        inner = obj._sslobj
+        obj.__dict__.update(read=inner.read, write=inner.write, pending=inner.pending)
+        return cast(ssl.SSLObject, obj)
+
+
 def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
     """A server context with wsgate's protocol policy and no certificate yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -115,6 +143,7 @@ def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
     ctx.set_ciphers(_CIPHERS_TLS12)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(_ALPN)
+    ctx.sslobject_class = DirectSSLObject
     if not session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0

@@ -13,12 +13,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 # Compiled together by mypyc when installed with a compiler (setup.py); imported in this order.
-HOT_PATH = ("wsframes", "http1", "guard", "proxy")
+HOT_PATH = ("wsframes", "http1", "metrics", "guard", "proxy")
 
 
 def _source_over_stale_build() -> None:
     """In a source checkout, a hot-path module edited after the last build must not be shadowed by
-    the old compiled one (Python prefers the extension): then all three load from source. They are
+    the old compiled one (Python prefers the extension): then all of them load from source. They are
     compiled as one unit, so one stale module means none of the compiled ones may be used."""
     here = Path(__file__).resolve().parent
     if not (here.parent / ".git").exists():

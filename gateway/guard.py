@@ -18,7 +18,6 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -47,21 +46,30 @@ _HANDOFF_COOKIE: Final = HANDOFF_COOKIE.encode()
 ASSERTION_HEADER_BYTES: Final = b"X-Wsgate-Assertion"
 
 
-@dataclass(slots=True)
+# Plain classes rather than dataclasses: compiled, their constructors are native calls
+# (a dataclass's generated __init__ stays interpreted), and one is made per request.
 class Answer:
     """A response the gateway gives instead of forwarding."""
 
-    status: int
-    message: str
-    headers: list[tuple[bytes, bytes]]
+    __slots__ = ("headers", "message", "status")
+
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Answer({self.status}, {self.message!r})"
 
 
-@dataclass(slots=True)
 class Pass:
     """Forward, adding these headers (identity for services behind admin rules)."""
 
-    headers: list[tuple[bytes, bytes]]
-    principal: Principal | None = None
+    __slots__ = ("headers", "principal")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], principal: Principal | None = None) -> None:
+        self.headers = headers
+        self.principal = principal
 
 
 def _not_found() -> Answer:
@@ -139,7 +147,7 @@ class Guard:
         grant = http1.cookie_value(ex.headers, _HOST_COOKIE)
         if grant is None:
             return None
-        session = self.auth.cached_host_session(grant.decode("ascii", "replace"), route.host)
+        session = self.auth.host_cache.get(grant.decode("ascii", "replace"), route.host)
         if session is None:
             return None
         return self._decide(ex, route, session.principal, by_cookie=True)

@@ -435,7 +435,10 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = gw.now + gw.idle_timeout
         if ex.request_id == b"":
             ex.request_id = self._request_id(ex)
-        route = gw.router.match(ex.host)
+        router = gw.router
+        route = router.cache.get(ex.host)
+        if route is None:
+            route = router.match(ex.host)
         if isinstance(route, int):
             msg = {
                 404: NOT_FOUND_MESSAGE,
@@ -936,6 +939,7 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "parser",
         "pool",
+        "pool_key",
         "raw_head",
         "reason",
         "reused",
@@ -947,6 +951,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: Upstream) -> None:
         self.pool = pool
         self.key = key
+        self.pool_key = (key.scheme, key.host, key.port)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.client: ClientConnection | None = None
@@ -1199,12 +1204,13 @@ class UpstreamPool:
         self.size = size
         self.idle_timeout = idle_timeout
         self.internal = internal
-        self._idle: dict[Upstream, list[UpstreamConnection]] = {}
+        # By (scheme, host, port): a tuple of str and int hashes in C, where Upstream's dataclass hash is Python.
+        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self._tls = ssl.create_default_context()
         self._tls.set_alpn_protocols(["http/1.1"])
 
     def take(self, key: Upstream) -> UpstreamConnection | None:
-        idle = self._idle.get(key)
+        idle = self._idle.get((key.scheme, key.host, key.port))
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -1216,7 +1222,7 @@ class UpstreamPool:
         if conn.closed or self.size == 0:
             conn.close()
             return
-        idle = self._idle.setdefault(conn.key, [])
+        idle = self._idle.setdefault(conn.pool_key, [])
         if len(idle) >= self.size:
             conn.close()
             return
@@ -1224,7 +1230,7 @@ class UpstreamPool:
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
+        idle = self._idle.get(conn.pool_key)
         if idle and conn in idle:
             idle.remove(conn)
 

@@ -137,7 +137,8 @@ class Gateway:
         # Revocations: other replicas hear of this worker's, and its cached sessions are trusted
         # only while theirs can be heard (auth/revocation.py).
         self.auth.announce = self._announce_revocation
-        self.auth.host_cache.live = lambda: self.docs.listening
+        if self.docs.replicated:
+            self.auth.host_cache.live = lambda: self.docs.listening
         self.docs.follow(REVOCATION_KIND)
         self._records_generation = -1
         if self.launcher is not None:

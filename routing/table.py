@@ -135,17 +135,18 @@ class RouteTable:
         self._hosts: dict[str, tuple[Upstream, Access]] = {}
         # Workspaces run by the launcher: every port is reachable (owner only unless public).
         self._launched: dict[str, _Launched] = {}
-        self._cache: dict[bytes, Route | int] = {}
+        # Raw Host -> answer; read directly by the proxy's hot path (`cache.get`), so only ever cleared, never replaced.
+        self.cache: dict[bytes, Route | int] = {}
         self.rules: Any = None  # RuleSet, set by set_rules (routing.rules imports this module)
 
     # --- changes ------------------------------------------------------------------
     def set_host(self, host: str, upstream: Upstream, access: Access) -> None:
         self._hosts[host.lower().rstrip(".")] = (upstream, access)
-        self._cache.clear()
+        self.cache.clear()
 
     def remove_host(self, host: str) -> None:
         self._hosts.pop(host.lower().rstrip("."), None)
-        self._cache.clear()
+        self.cache.clear()
 
     def set_workspace_port(
         self, workspace_id: str, port: int, upstream: Upstream, *, owner: str, public: bool = False, ide: bool = False
@@ -156,24 +157,24 @@ class RouteTable:
         ports[port] = entry
         if ide:
             ports[0] = entry
-        self._cache.clear()
+        self.cache.clear()
 
     def set_launched_workspace(
         self, workspace_id: str, *, owner: str, public_ports: frozenset[int] = frozenset(), ide_port: int | None = None
     ) -> None:
         """A launcher workspace: any port it listens on, for `owner`; `public_ports` for anyone."""
         self._launched[workspace_id] = _Launched(owner_access(owner), public_ports, ide_port)
-        self._cache.clear()
+        self.cache.clear()
 
     def remove_workspace(self, workspace_id: str) -> None:
         self._workspaces.pop(workspace_id, None)
         self._launched.pop(workspace_id, None)
-        self._cache.clear()
+        self.cache.clear()
 
     def set_rules(self, rules: RuleSet) -> None:
         """Swaps in a new rule set at once: the next request sees it, requests under way keep theirs."""
         self.rules = rules
-        self._cache.clear()
+        self.cache.clear()
 
     def match_rule(self, host: str, path: str) -> Route | None:
         """The route of the admin rule for a normalised host and a canonical path."""
@@ -183,7 +184,7 @@ class RouteTable:
     def clear(self) -> None:
         self._workspaces.clear()
         self._hosts.clear()
-        self._cache.clear()
+        self.cache.clear()
 
     # --- lookups --------------------------------------------------------------------
     def is_gateway_host(self, host: str) -> bool:
@@ -200,13 +201,13 @@ class RouteTable:
 
     def match(self, raw_host: bytes) -> Route | int:
         """The route for a raw Host header value, or the status to answer with."""
-        hit = self._cache.get(raw_host)
+        hit = self.cache.get(raw_host)
         if hit is not None:
             return hit
         result = self._match(raw_host)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[raw_host] = result
+        if len(self.cache) >= _CACHE_MAX:
+            self.cache.clear()
+        self.cache[raw_host] = result
         return result
 
     def _match(self, raw_host: bytes) -> Route | int:
