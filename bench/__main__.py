@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", metavar="NAME,...", help="run only these: " + ", ".join(BENCHMARKS))
     p.add_argument("--workers", type=int, default=1, help="worker processes of each proxy (tls_resumed uses >= 2)")
     p.add_argument("--json", metavar="FILE", help="write all results (every round) to FILE")
-    p.add_argument("--rounds", type=int, help="rounds per comparison (default 3, --quick 2)")
-    p.add_argument("--duration", type=float, help="seconds per wrk round (default 10, --quick 3)")
+    p.add_argument("--rounds", type=int, help="rounds per comparison (default 5, --quick 2)")
+    p.add_argument("--duration", type=float, help="seconds per wrk round (default 6, --quick 3)")
     p.add_argument("--idle-conns", type=int, help="idle WebSockets per proxy (default 5000, --quick 1000)")
     p.add_argument("--stream-mib", type=int, help="MiB downloaded and uploaded in streaming (default 1024)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
@@ -82,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options(args: argparse.Namespace, rundir: Path) -> Options:
     quick = args.quick
-    rounds = args.rounds or (2 if quick else 3)
-    duration = args.duration or (3.0 if quick else 10.0)
+    # More, shorter rounds rather than a few long ones: pairs close in time see the same machine.
+    rounds = args.rounds or (2 if quick else 5)
+    duration = args.duration or (3.0 if quick else 6.0)
     return Options(
         quick=quick,
         rounds=rounds,
@@ -94,7 +95,7 @@ def options(args: argparse.Namespace, rundir: Path) -> Options:
         ws_conns=64,
         client_procs=2,
         idle_conns=args.idle_conns or (1000 if quick else 5000),
-        idle_rounds=rounds if not quick else 1,
+        idle_rounds=min(rounds, 3) if not quick else 1,
         idle_procs=4,
         stream_mib=args.stream_mib or 1024,
         stream_rounds=1 if quick else 2,
@@ -186,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  rounds, {m.name} ({m.unit}): {rounds}")
         if res.error:
             print(f"  ERROR: {res.error}")
-    print(f"\ntotal {total:.0f}s; ratios are wsgate/nginx medians of interleaved rounds (order alternates each "
-          "round); latency compares p50 in ms; [max] = worst round.\n'proxy CPU per ...' is the CPU time of all the "
-          "proxy's processes divided by the work done: less sensitive than rates to the load others put on the "
-          "machine, and the better guide where the client saturates first.")
+    print(f"\ntotal {total:.0f}s; nginx and wsgate columns are medians of the rounds; wsgate/nginx is the median "
+          "of each round's own ratio (a round runs both back to back, the order alternating), which cancels the "
+          "machine's drift between rounds; latency compares p50 in ms; [max] = worst round.\n"
+          "'proxy CPU per ...' is the CPU time of all the proxy's processes divided by the work done: less "
+          "sensitive than rates to the load others put on the machine, and the better guide where the client saturates first.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({

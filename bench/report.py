@@ -40,11 +40,21 @@ class Metric:
 
     @property
     def compared(self) -> float | None:
+        """wsgate against nginx: the median of the rounds' own comparisons when they pair up.
+
+        Each round runs both proxies back to back, so a round's pair saw the same machine; this
+        machine's speed drifts by tens of percent from one minute to the next (other tenants),
+        and comparing pairs cancels that drift where comparing two medians would not.
+        """
         n, w = self.value("nginx"), self.value("wsgate")
         if n is None or w is None or self.check == "abs<":  # nginx's figure is only for reference there
             return None
+        ns, ws = self.rounds.get("nginx", []), self.rounds.get("wsgate", [])
+        paired = self.summary == "median" and len(ns) == len(ws)
         if self.check == "diff<=":
-            return w - n
+            return median([b - a for a, b in zip(ns, ws, strict=True)]) if paired else w - n
+        if paired and all(ns):
+            return median([b / a for a, b in zip(ns, ws, strict=True)])
         return w / n if n else None
 
     @property
