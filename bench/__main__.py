@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
           "of each round's own ratio (a round runs both back to back, the order alternating), which cancels the "
           "machine's drift between rounds; latency compares p50 in ms; [max] = worst round.\n"
           "'proxy CPU per ...' is the CPU time of all the proxy's processes divided by the work done: less "
-          "sensitive than rates to the load others put on the machine, and the better guide where the client saturates first.")
+          "sensitive than rates to the load others put on the machine, and the better guide where the client "
+          "saturates first.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
