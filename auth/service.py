@@ -145,10 +145,6 @@ class AuthService:
             self.host_cache.put(grant, host, s, epoch)
         return s
 
-    def cached_host_session(self, grant: str, host: str) -> Session | None:
-        """What `host_session` would answer, when that is known without asking the store."""
-        return self.host_cache.get(grant, host)
-
     async def revoked(self) -> None:
         """Something that granted access was taken back: no worker or replica may use a cached answer."""
         self.epoch.advance()

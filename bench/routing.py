@@ -38,7 +38,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -51,7 +50,18 @@ from auth.sqlite import Database
 from bench import wrk
 from bench.benchmarks import CpuMeter, Options, progress, stack
 from bench.report import BenchResult, fmt
-from bench.servers import DOMAIN, HTTP_HOST, SMALL_BODY, BenchError, Proc, Stack, free_port, https_request
+from bench.servers import (
+    DOMAIN,
+    HTTP_HOST,
+    SMALL_BODY,
+    BenchError,
+    Proc,
+    Stack,
+    free_port,
+    gateway_toml_head,
+    https_request,
+    workspace_entry,
+)
 from routing.paths import canonical_target
 from routing.rules import Rule, RuleContext, RuleSet, parse_rule
 from routing.table import _CACHE_MAX, BY_PATH, RouteTable
@@ -373,30 +383,8 @@ class Gateway:
 
 
 def gateway_toml(state: Path, port: int, workers: int, workspaces: int, upstream_port: int) -> str:
-    head = textwrap.dedent(f"""\
-        state_dir = "{state}"
-        workers = {workers}
-
-        [listen]
-        address = "127.0.0.1"
-        port = {port}
-
-        [limits]
-        shutdown_grace = 1.0
-
-        [metrics]
-        port = 0
-
-        [log]
-        access_log = false
-
-        [launcher]
-        enabled = false
-
-    """)
-    spaces = "".join(f'[[workspaces]]\nid = "{workspace_id(i)}"\nport = {WS_PORT}\n'
-                     f'upstream = "127.0.0.1:{upstream_port}"\npublic = true\n\n' for i in range(workspaces))
-    return head + spaces
+    spaces = "".join(workspace_entry(workspace_id(i), WS_PORT, upstream_port) for i in range(workspaces))
+    return gateway_toml_head(state, port, workers) + "[launcher]\nenabled = false\n\n" + spaces
 
 
 async def store_rules(db_path: Path, rules: list[Rule]) -> None:

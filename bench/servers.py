@@ -221,6 +221,34 @@ async def sign_in(port: int, ca: Path) -> str:
 # --- the stack ----------------------------------------------------------------------------------
 
 
+def gateway_toml_head(state_dir: Path, port: int, workers: int) -> str:
+    """The part of a benchmark gateway's config every benchmark shares: loopback, no access log."""
+    return textwrap.dedent(f"""\
+        state_dir = "{state_dir}"
+        workers = {workers}
+
+        [listen]
+        address = "127.0.0.1"
+        port = {port}
+
+        [limits]
+        shutdown_grace = 1.0
+
+        [metrics]
+        port = 0
+
+        [log]
+        access_log = false
+
+    """)
+
+
+def workspace_entry(workspace: str, port: int, upstream_port: int, *, owner: str = "") -> str:
+    """A static workspace port: public, or private to `owner`."""
+    access = f'owner = "{owner}"' if owner else "public = true"
+    return f'[[workspaces]]\nid = "{workspace}"\nport = {port}\nupstream = "127.0.0.1:{upstream_port}"\n{access}\n\n'
+
+
 @dataclass
 class Stack:
     """Upstreams plus both proxies, each on free loopback ports, in one work directory."""
@@ -348,31 +376,10 @@ class Stack:
         d.mkdir(exist_ok=True)
         conf = d / "wsgate.toml"
         routes = "".join(
-            f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {wport}\nupstream = "127.0.0.1:{uport}"\npublic = true\n\n'
+            workspace_entry(WORKSPACE, wport, uport)
             for wport, uport in ((HTTP_PORT, self.upstream_port), (WS_PORT, self.ws_port), (SINK_PORT, self.sink_port))
-        ) + (f'[[workspaces]]\nid = "{WORKSPACE}"\nport = {SESSION_PORT}\nupstream = "127.0.0.1:{self.upstream_port}"\n'
-             f'owner = "{OWNER}"\n\n')
-        conf.write_text(textwrap.dedent(f"""\
-            state_dir = "{self.state_dir}"
-            workers = {self.workers}
-
-            [listen]
-            address = "127.0.0.1"
-            port = {port}
-
-            [limits]
-            shutdown_grace = 1.0
-
-            [metrics]
-            port = 0
-
-            [log]
-            access_log = false
-
-            [auth]
-            dev_login = true
-
-        """) + routes)
+        ) + workspace_entry(WORKSPACE, SESSION_PORT, self.upstream_port, owner=OWNER)
+        conf.write_text(gateway_toml_head(self.state_dir, port, self.workers) + "[auth]\ndev_login = true\n\n" + routes)
         script = Path(sys.executable).with_name("wsgate")
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
         proc = Proc("wsgate", [*argv, "serve", "--config", str(conf)], d / "wsgate.log", cwd=d)

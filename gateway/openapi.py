@@ -519,6 +519,12 @@ def param(name: str) -> Schema:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
+def follow_param(what: str, *, default: bool) -> Schema:
+    """The `follow` query flag of the log endpoints."""
+    return {"name": "follow", "in": "query", "required": False,
+            "description": f"{what} (`0`, `false`, `no`: do not).", "schema": {"type": "boolean", "default": default}}
+
+
 def body(schema: str, description: str) -> Schema:
     return {"required": True, "description": description, "content": {JSON: {"schema": ref(schema)}}}
 
@@ -639,9 +645,7 @@ def _paths() -> dict[str, Schema]:
                 "401": unauth, "404": not_found, "503": launcher,
             }, parameters=[
                 param("WorkspaceId"),
-                {"name": "follow", "in": "query", "required": False,
-                 "description": "Keep streaming until the workspace ends (`0`, `false`, `no`: do not).",
-                 "schema": {"type": "boolean", "default": False}},
+                follow_param("Keep streaming until the workspace ends", default=False),
             ]),
         },
         "/api/v1/teams": {
@@ -746,9 +750,7 @@ def _paths() -> dict[str, Schema]:
                               headers=log_headers),
             }, parameters=[
                 param("PrebuildId"),
-                {"name": "follow", "in": "query", "required": False,
-                 "description": "Keep streaming while it runs (`0`, `false`, `no`: do not).",
-                 "schema": {"type": "boolean", "default": True}},
+                follow_param("Keep streaming while it runs", default=True),
             ]),
         },
         "/.well-known/jwks.json": {

@@ -923,6 +923,12 @@ def _refused_message(ex: Exchange) -> str:
     return "The upstream refused the connection."
 
 
+def pool_key(target: Upstream) -> tuple[str, str, int]:
+    """Where a pooled connection goes: routes to one server share its idle connections whatever
+    their base path. A tuple of str and int hashes in C, where Upstream's dataclass hash is Python."""
+    return (target.scheme, target.host, target.port)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One pooled HTTP/1.1 connection to an upstream."""
 
@@ -951,7 +957,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: Upstream) -> None:
         self.pool = pool
         self.key = key
-        self.pool_key = (key.scheme, key.host, key.port)
+        self.pool_key = pool_key(key)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.client: ClientConnection | None = None
@@ -1204,13 +1210,12 @@ class UpstreamPool:
         self.size = size
         self.idle_timeout = idle_timeout
         self.internal = internal
-        # By (scheme, host, port): a tuple of str and int hashes in C, where Upstream's dataclass hash is Python.
         self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self._tls = ssl.create_default_context()
         self._tls.set_alpn_protocols(["http/1.1"])
 
     def take(self, key: Upstream) -> UpstreamConnection | None:
-        idle = self._idle.get((key.scheme, key.host, key.port))
+        idle = self._idle.get(pool_key(key))
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
