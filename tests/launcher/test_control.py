@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import threading
@@ -46,8 +47,16 @@ async def ask(path: Path) -> socket.socket:
         control.close()
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> set[tuple[str, str]]:
+    """Each open descriptor with what it points at, so a reused number is still a new entry."""
+    gc.collect()  # sockets an earlier test dropped close now, not in the middle of this one
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+        except FileNotFoundError:
+            continue  # the descriptor listdir itself used
+    return found
 
 
 async def test_a_plain_unconnected_tcp_socket_is_accepted(tmp_path: Path) -> None:
@@ -89,5 +98,6 @@ async def test_anything_else_is_refused_and_closed(tmp_path: Path, answer: Answe
     for peer in _peers:
         peer.close()
     _peers.clear()
-    # Nothing the fake init passed stays open in the gateway.
-    assert open_fds() == before
+    # Nothing the fake init passed stays open in the gateway. Only new entries count: a
+    # descriptor that something else closed meanwhile is not a leak.
+    assert open_fds() - before == set()
