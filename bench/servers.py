@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -38,6 +39,7 @@ BIG_FILE = "64k.bin"
 BIG_SIZE = 64 * 1024
 REPO = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class BenchError(Exception):
@@ -221,11 +223,12 @@ async def sign_in(port: int, ca: Path) -> str:
 # --- the stack ----------------------------------------------------------------------------------
 
 
-def gateway_toml_head(state_dir: Path, port: int, workers: int) -> str:
+def gateway_toml_head(state_dir: Path, port: int, workers: int, redis_url: str = "") -> str:
     """The part of a benchmark gateway's config every benchmark shares: loopback, no access log."""
     return textwrap.dedent(f"""\
         state_dir = "{state_dir}"
         workers = {workers}
+        redis_url = "{redis_url}"
 
         [listen]
         address = "127.0.0.1"
@@ -264,6 +267,7 @@ class Stack:
     upstream_port: int = 0
     ws_port: int = 0
     sink_port: int = 0
+    redis_port: int = 0  # with several workers, sessions live in this Redis (wsgate requires it)
     ports: dict[str, int] = field(default_factory=dict)  # proxy name -> port
     # "Cookie: ..." of a browser signed in to wsgate (dev sign-in) with SESSION_HOST opened.
     session_header: str = ""
@@ -299,6 +303,8 @@ class Stack:
         self.ws_port = free_port()
         self.sink_port = free_port()
         self._start_upstream_nginx()
+        if self.workers > 1:
+            self._start_redis()
         if self.ws_echo:
             for i in range(self.ws_echo_procs):
                 self._start_helper(f"wsecho{i}", "wsecho", self.ws_port)
@@ -369,6 +375,14 @@ class Stack:
         self._extra.insert(0, proc)
         wait_port(self.upstream_port, proc)
 
+    def _start_redis(self) -> None:
+        self.redis_port = free_port()
+        # No persistence: the run's sessions need not outlive it.
+        proc = Proc("redis", [REDIS, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(self.workdir)], self.workdir / "redis.log")
+        self._extra.append(proc)
+        wait_port(self.redis_port, proc)
+
     # --- proxies ---
     def _start_wsgate(self) -> None:
         port = free_port()
@@ -379,7 +393,9 @@ class Stack:
             workspace_entry(WORKSPACE, wport, uport)
             for wport, uport in ((HTTP_PORT, self.upstream_port), (WS_PORT, self.ws_port), (SINK_PORT, self.sink_port))
         ) + workspace_entry(WORKSPACE, SESSION_PORT, self.upstream_port, owner=OWNER)
-        conf.write_text(gateway_toml_head(self.state_dir, port, self.workers) + "[auth]\ndev_login = true\n\n" + routes)
+        redis = f"redis://127.0.0.1:{self.redis_port}/0" if self.redis_port else ""
+        head = gateway_toml_head(self.state_dir, port, self.workers, redis)
+        conf.write_text(head + "[auth]\ndev_login = true\n\n" + routes)
         script = Path(sys.executable).with_name("wsgate")
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
         proc = Proc("wsgate", [*argv, "serve", "--config", str(conf)], d / "wsgate.log", cwd=d)
