@@ -258,7 +258,7 @@ class ClientConnection(asyncio.Protocol):
             if self.reading is None and self.head_bytes == 0:
                 # A request line starts here: one space between its three parts, as llhttp does not insist.
                 end = data.find(b"\r\n", 0, self.gw.max_url_length + 64)
-                if end > 0 and b"  " in data[:end]:
+                if end > 0 and data.find(b"  ", 0, end) != -1:
                     self.reading = Exchange()
                     self._fail_request(400, "malformed request line")
                     return
