@@ -41,6 +41,8 @@ from routing.table import RouteTable, Upstream
 log = logging.getLogger("wsgate.worker")
 
 RECORD_KIND = "workspace"
+# Ids of workspaces deleted by this process that are remembered (see Gateway._deleted_here).
+_DELETED_KEPT = 10_000
 
 # The prefix every gateway cookie carries; upstreams may never set or clear one.
 COOKIE_PREFIX = b"__host-wsgate"
@@ -131,6 +133,9 @@ class Gateway:
         # Workspaces launched by other gateway processes, from their shared records (id -> record).
         self.machine = socket.gethostname()
         self.remote: dict[str, Mapping[str, Any]] = {}
+        # Workspaces deleted here: a record listing that began before the deletion still holds
+        # theirs, and must not bring them back as another process's (ids are never reused).
+        self._deleted_here: dict[str, None] = {}
         self.same_machine = SameMachine(self.loop, config.proxy.connect_timeout)
         self.pool.workspaces = self.connect_workspace
         self.docs.subscribe(self._records_changed)
@@ -353,7 +358,8 @@ class Gateway:
             return
         self._records_generation = generation
         ours = {w.id for w in self.launcher.workspaces()} if self.launcher is not None else set()
-        remote = {d.id: d.body for d in docs if d.id not in ours}
+        deleted = self._deleted_here
+        remote = {d.id: d.body for d in docs if d.id not in ours and d.id not in deleted}
         for gone in set(self.remote) - set(remote):
             self.router.remove_workspace(gone)
             self.close_public(gone, None)
@@ -389,6 +395,9 @@ class Gateway:
         if w.kind == "workspace":
             self.spawn(self._publish_record(w))
         if w.state == "deleted":
+            self._deleted_here[w.id] = None
+            if len(self._deleted_here) > _DELETED_KEPT:
+                del self._deleted_here[next(iter(self._deleted_here))]
             self.router.remove_workspace(w.id)
             self.close_public(w.id, None)
             return
