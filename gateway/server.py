@@ -2,7 +2,9 @@
 
 The TLS context is built and the sockets are bound before workers fork, so
 every worker shares one session-ticket key (resumption works whichever worker
-a client lands on) and one listening socket.
+a client lands on). Each worker gets its own listening socket on the port
+(SO_REUSEPORT), so that the kernel spreads new connections evenly; with one
+shared socket, the worker that wakes first takes a whole burst of them.
 """
 
 from __future__ import annotations
@@ -52,11 +54,32 @@ def check_coverage(config: Config, tls: TLSManager) -> None:
             )
 
 
-def bind(address: str, port: int, backlog: int) -> socket.socket:
+def bind(address: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.create_server((address, port), family=family, backlog=backlog, reuse_port=False)
+    sock = socket.create_server((address, port), family=family, backlog=backlog, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
+
+
+def bind_workers(address: str, port: int, backlog: int, workers: int) -> list[socket.socket]:
+    """One listening socket per worker, all on one port.
+
+    The supervisor keeps them open, so a worker that dies and is replaced leaves the
+    connections queued on its socket for its successor. Linux admits to the port only
+    sockets of the same user, so no other account can bind beside them and take connections.
+    """
+    if workers == 1:
+        return [bind(address, port, backlog)]
+    first = bind(address, port, backlog, reuse_port=True)
+    port = first.getsockname()[1]  # port 0 asks for any: the rest join the one the first got
+    socks = [first]
+    try:
+        socks.extend(bind(address, port, backlog, reuse_port=True) for _ in range(workers - 1))
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def _metrics_app(snapshot: Any) -> web.Application:
@@ -163,18 +186,18 @@ def serve(config: Config) -> int:
     check_coverage(config, tls)
     prepare_auth_state(config)
     share_between_workers()  # before any worker forks
-    sock = bind(config.listen.address, config.listen.port, config.listen.backlog)
+    socks = bind_workers(config.listen.address, config.listen.port, config.listen.backlog, config.worker_count)
     redirect_sock = (
         bind(config.listen.address, config.listen.http_redirect_port, config.listen.backlog)
         if config.listen.http_redirect_port
         else None
     )
-    announce(config, sock, tls)
+    announce(config, socks[0], tls)
     if config.worker_count == 1:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_worker(config, tls, sock, redirect_sock))
+            runner.run(run_worker(config, tls, socks[0], redirect_sock))
         return 0
-    return Supervisor(config, tls, sock, redirect_sock).run()
+    return Supervisor(config, tls, socks, redirect_sock).run()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -192,11 +215,11 @@ class Supervisor:
     """Forks the workers, restarts one that dies, relays signals, serves summed metrics."""
 
     def __init__(
-        self, config: Config, tls: TLSManager, sock: socket.socket, redirect_sock: socket.socket | None
+        self, config: Config, tls: TLSManager, socks: list[socket.socket], redirect_sock: socket.socket | None
     ) -> None:
         self.config = config
         self.tls = tls
-        self.sock = sock
+        self.socks = socks  # worker i listens on socks[i]
         self.redirect_sock = redirect_sock
         self.workers: dict[int, int] = {}  # pid -> index
         self.snapshots: dict[int, dict[str, Any]] = {}
@@ -221,7 +244,7 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                     runner.run(
-                        run_worker(self.config, self.tls, self.sock, self.redirect_sock, index=index,
+                        run_worker(self.config, self.tls, self.socks[index], self.redirect_sock, index=index,
                                    report_fd=write_fd, serve_metrics=False)
                     )
             except BaseException:

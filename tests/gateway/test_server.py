@@ -308,6 +308,40 @@ def test_workers_share_tickets_metrics_and_are_restarted(
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in kids)
 
 
+def test_new_connections_are_spread_over_the_workers(
+    gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
+) -> None:
+    # With one shared socket, the worker that wakes first takes a whole burst of new
+    # connections while the other idles; each worker's own socket lets the kernel spread them.
+    gw = gateway_factory(ws_toml(echo_upstream.port), workers=2)
+    assert gw.proc is not None
+    proc = psutil.Process(gw.proc.pid)
+    deadline = time.monotonic() + 5
+    while len(proc.children()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ctx = gw.ssl_context()
+    n = 100
+    # A burst: every connection is queued before any TLS handshake begins.
+    raws = [socket.create_connection(("127.0.0.1", gw.port), timeout=10) for _ in range(n)]
+    held = [ctx.wrap_socket(raw, server_hostname=ws_host(8080), do_handshake_on_connect=False) for raw in raws]
+    try:
+        for s in held:
+            s.do_handshake()
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {ws_host(8080)}\r\n\r\n".encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        per_worker = [
+            sum(1 for k in c.net_connections("tcp") if k.laddr and k.laddr.port == gw.port and k.raddr)
+            for c in proc.children()
+        ]
+        assert sum(per_worker) == n, per_worker
+        # A fair spread gives either worker more than 80 of 100 with odds below one in a million.
+        assert max(per_worker) <= 80, per_worker
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_plain_http_port_redirects_to_https(gateway_factory: Callable[..., Gateway]) -> None:
     port = free_port()
     gw = gateway_factory(start=False)
