@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 from cryptography import x509
 
@@ -108,11 +107,13 @@ class _State:
 
 
 class DirectSSLObject(ssl.SSLObject):
-    """An SSLObject whose read, write and pending are the C methods themselves.
+    """An SSLObject whose plain pass-through methods are the C methods themselves.
 
-    ``ssl.SSLObject``'s are Python functions that only pass the call on; the event loop's TLS
-    transport calls them a few times per request, and each pass-through is a Python frame.
-    Bound on the instance, the same calls (same arguments, same errors) skip it.
+    ``ssl.SSLObject``'s read, write, pending, do_handshake, cipher, compression, getpeercert
+    and unwrap are Python functions that only pass the call on to the C object; the event
+    loop's TLS transport calls them for every connection and request, and each pass-through
+    is a Python frame. Bound on the instance, the same calls (same arguments, same results,
+    same errors) skip it.
     """
 
     @classmethod
@@ -125,13 +126,17 @@ class DirectSSLObject(ssl.SSLObject):
         session: ssl.SSLSession | None = None,
         context: ssl.SSLContext | None = None,
     ) -> ssl.SSLObject:
-        obj = super()._create(  # type: ignore[misc]
+        obj: ssl.SSLObject = super()._create(  # type: ignore[misc]
             incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
             session=session, context=context,
         )
-        inner = obj._sslobj
-        obj.__dict__.update(read=inner.read, write=inner.write, pending=inner.pending)
-        return cast(ssl.SSLObject, obj)
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        obj.__dict__.update(
+            read=inner.read, write=inner.write, pending=inner.pending, do_handshake=inner.do_handshake,
+            cipher=inner.cipher, compression=inner.compression, getpeercert=inner.getpeercert,
+            unwrap=inner.shutdown,
+        )
+        return obj
 
 
 def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:

@@ -1,6 +1,6 @@
 """One gateway worker: the listener, its connections, the pools and the main-domain app.
 
-Several workers can share one listening socket (forked by gateway.server);
+Several workers serve one port, each on its own listening socket (forked by gateway.server);
 each is a complete gateway with its own event loop.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -205,7 +206,7 @@ class Gateway:
         if self.prebuilds is not None:
             await self.prebuilds.open()
         self.server = await self.loop.create_server(
-            lambda: ClientConnection(self),
+            functools.partial(ClientConnection, self),  # called in C for each new connection
             sock=sock,
             ssl=self.tls.context,
             ssl_handshake_timeout=self.config.limits.header_timeout,

@@ -39,22 +39,29 @@ class FrameCursor:
                 need -= take
                 i += take
                 continue
-            # A header is at most 14 bytes, so this slice always holds a whole one when it exists.
-            buf = hdr + data[i : i + 14] if hdr else data[i : i + 14]
-            if len(buf) < 2:
-                hdr = buf
+            # A header is at most 14 bytes: one split across reads is joined with enough of this read
+            # to hold it whole; otherwise it is read where it lies, without a copy.
+            if hdr:
+                buf = hdr + data[i : i + 14]
+                at = 0
+            else:
+                buf = data
+                at = i
+            avail = len(buf) - at
+            if avail < 2:
+                hdr = buf[at:]
                 break
-            b1 = buf[1]
+            b1 = buf[at + 1]
             length = b1 & 0x7F
             ext = 0 if length < 126 else (2 if length == 126 else 8)
             size = 2 + ext + (4 if b1 & 0x80 else 0)
-            if len(buf) < size:
-                hdr = buf
+            if avail < size:
+                hdr = buf[at:]  # all that is left of this read: less than a header
                 break
             if ext == 2:
-                length = struct.unpack_from("!H", buf, 2)[0]
+                length = struct.unpack_from("!H", buf, at + 2)[0]
             elif ext == 8:
-                length = struct.unpack_from("!Q", buf, 2)[0]
+                length = struct.unpack_from("!Q", buf, at + 2)[0]
             i += size - len(hdr)
             hdr = b""
             need = length
