@@ -250,9 +250,10 @@ def test_route_host_without_certificate_is_refused(tmp_path: Path) -> None:
 # --- workers ------------------------------------------------------------------------
 
 
-def test_workers_share_tickets_metrics_and_are_restarted(
+def two_workers(
     gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
-) -> None:
+) -> tuple[Gateway, psutil.Process]:
+    """A gateway with two workers, once both are running; and its supervisor process."""
     gw = gateway_factory(ws_toml(echo_upstream.port), workers=2)
     assert gw.proc is not None
     proc = psutil.Process(gw.proc.pid)
@@ -260,6 +261,13 @@ def test_workers_share_tickets_metrics_and_are_restarted(
     while len(proc.children()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return gw, proc
+
+
+def test_workers_share_tickets_metrics_and_are_restarted(
+    gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
+) -> None:
+    gw, proc = two_workers(gateway_factory, echo_upstream)
     workers = {c.pid for c in proc.children()}
     # Resumption must work whichever worker accepts the next connection.
     ctx = gw.ssl_context()
@@ -313,13 +321,7 @@ def test_new_connections_are_spread_over_the_workers(
 ) -> None:
     # With one shared socket, the worker that wakes first takes a whole burst of new
     # connections while the other idles; each worker's own socket lets the kernel spread them.
-    gw = gateway_factory(ws_toml(echo_upstream.port), workers=2)
-    assert gw.proc is not None
-    proc = psutil.Process(gw.proc.pid)
-    deadline = time.monotonic() + 5
-    while len(proc.children()) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    gw, proc = two_workers(gateway_factory, echo_upstream)
     ctx = gw.ssl_context()
     n = 100
     # A burst: every connection is queued before any TLS handshake begins.
@@ -408,13 +410,7 @@ def test_local_ca_leaf_is_renewed_before_it_expires(gateway_factory: Callable[..
 def test_workers_exit_when_the_supervisor_is_killed(
     gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
 ) -> None:
-    gw = gateway_factory(ws_toml(echo_upstream.port), workers=2)
-    assert gw.proc is not None
-    proc = psutil.Process(gw.proc.pid)
-    deadline = time.monotonic() + 5
-    while len(proc.children()) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    gw, proc = two_workers(gateway_factory, echo_upstream)
     workers = [c.pid for c in proc.children()]
     os.kill(gw.proc.pid, signal.SIGKILL)
     gw.proc.wait(5)
