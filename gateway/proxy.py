@@ -91,7 +91,12 @@ class Cork:
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:  # one broken transport must not hold back everyone else's bytes
+                log.exception("write failed")
+                if conn.transport is not None:
+                    conn.transport.abort()
 
 
 class Corked(asyncio.Protocol):

@@ -102,3 +102,40 @@ async def test_a_connection_the_peer_dropped_is_skipped_without_error(pair: Pair
     await asyncio.sleep(0.05)
     assert pair.conn.out is None, "the flush did not run"
     assert errors == []
+
+
+class BrokenTransport(asyncio.Transport):
+    """A transport whose write fails in a way the event loop's transports never should."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise RuntimeError("broken")
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_one_failing_write_does_not_hold_back_the_others(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = asyncio.get_running_loop()
+    broken = UpstreamConnection(pair.conn.pool, Upstream("http", "127.0.0.1", 9))
+    transport = BrokenTransport()
+    broken.connection_made(transport)
+    broken.send(b"lost")  # registered first: its failure comes before the good write
+    pair.conn.send(b"delivered")
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    await next_pass()
+    assert read_now(pair.far) == b"delivered"
+    assert transport.aborted, "the connection whose write failed should be cut"
+    assert errors == [] and "write failed" in caplog.text
