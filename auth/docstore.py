@@ -229,7 +229,6 @@ def _doc(kind: str, id: str, body: str, version: int, updated: float) -> Doc:
     return Doc(kind, id, json.loads(body), int(version), float(updated))
 
 
-# --- SQLite ------------------------------------------------------------------------------
 class KindFollower:
     """Keeps what a process derived from one kind current.
 
@@ -276,6 +275,7 @@ class KindFollower:
                 log.warning("event=reload_failed kind=%s what=%r error=%r", self.kind, self._failed, str(e))
 
 
+# --- SQLite ------------------------------------------------------------------------------
 class SQLiteDocStore(DocStore):
     """Documents in the gateway's SQLite file, for one machine.
 

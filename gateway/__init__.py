@@ -23,12 +23,11 @@ def _source_over_stale_build() -> None:
     here = Path(__file__).resolve().parent
     if not (here.parent / ".git").exists():
         return  # an installed package: its files are what was built
-    stale = False
-    for name in HOT_PATH:
+    def stale(name: str) -> bool:
         built = list(here.glob(f"{name}.cpython-*.so"))
-        if built and built[0].stat().st_mtime < (here / f"{name}.py").stat().st_mtime:
-            stale = True
-    if not stale:
+        return bool(built) and built[0].stat().st_mtime < (here / f"{name}.py").stat().st_mtime
+
+    if not any(stale(name) for name in HOT_PATH):
         return
     for name in HOT_PATH:
         full = f"{__name__}.{name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import http.client
 import json
 import os
@@ -342,6 +343,45 @@ def test_new_connections_are_spread_over_the_workers(
     finally:
         for s in held:
             s.close()
+
+
+def join_port(port: int, *, uid: int | None = None) -> str:
+    """Tries to listen on `port` with SO_REUSEPORT, as `uid` (a forked child): "joined" or the error."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only reports
+        answer = b"joined"
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            socket.create_server(("127.0.0.1", port), reuse_port=True).close()
+        except OSError as e:
+            answer = (errno.errorcode.get(e.errno or 0) or str(e)).encode()
+        os.write(write_fd, answer)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        got = f.read().decode()
+    os.waitpid(pid, 0)
+    return got
+
+
+def test_another_user_cannot_join_the_workers_port(
+    gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream
+) -> None:
+    # Workers listen with SO_REUSEPORT: a process that joined the port would be handed a share
+    # of new connections. The kernel admits only sockets of the same user.
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("missing in CI: root, to try the port as another user")
+        pytest.skip("needs root to try the port as another user")
+    gw, _ = two_workers(gateway_factory, echo_upstream)
+    assert join_port(gw.port, uid=65534) == "EADDRINUSE", "another user's socket was admitted to the port"
+    # The same user is admitted: the barrier is the user, not the option alone.
+    assert join_port(gw.port) == "joined"
+    assert gw.request(ws_host(8080), "GET", "/")[0] == 200
 
 
 def test_plain_http_port_redirects_to_https(gateway_factory: Callable[..., Gateway]) -> None:
