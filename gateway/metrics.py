@@ -7,6 +7,7 @@ the snapshots they send it (see gateway.server).
 from __future__ import annotations
 
 import bisect
+import gc
 from collections import defaultdict
 from typing import Any
 
@@ -55,11 +56,15 @@ class Metrics:
             "open_websockets": self.open_websockets,
             "websockets_total": self.websockets_total,
             "auth_checks": dict(self.auth_checks),
+            # Per generation: runs of the cyclic collector and the objects it freed. Reference
+            # cycles left by each connection or request show up here as a rate.
+            "gc": [[g["collections"], g["collected"]] for g in gc.get_stats()],
         }
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = Metrics().snapshot()
+    total["gc"] = [[0, 0] for _ in total["gc"]]
     req: defaultdict[tuple[str, int], int] = defaultdict(int)
     for snap in snapshots:
         for k, s, n in snap["requests"]:
@@ -71,6 +76,9 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 total[key][name] = total[key].get(name, 0) + n
         for key in ("open_connections", "open_websockets", "websockets_total"):
             total[key] += snap[key]
+        for mine, theirs in zip(total["gc"], snap["gc"], strict=True):
+            mine[0] += theirs[0]
+            mine[1] += theirs[1]
     total["requests"] = [[k, s, n] for (k, s), n in req.items()]
     return total
 
@@ -122,5 +130,14 @@ def render(snap: dict[str, Any]) -> str:
         "# HELP wsgate_websockets_total Proxied WebSockets opened.",
         "# TYPE wsgate_websockets_total counter",
         f"wsgate_websockets_total {snap['websockets_total']}",
+        "# HELP python_gc_collections_total Runs of Python's cyclic garbage collector, by generation.",
+        "# TYPE python_gc_collections_total counter",
     ]
+    gens = list(enumerate(snap["gc"]))
+    out += [f'python_gc_collections_total{{generation="{g}"}} {runs}' for g, (runs, _) in gens]
+    out += [
+        "# HELP python_gc_objects_collected_total Objects freed by Python's cyclic garbage collector, by generation.",
+        "# TYPE python_gc_objects_collected_total counter",
+    ]
+    out += [f'python_gc_objects_collected_total{{generation="{g}"}} {freed}' for g, (_, freed) in gens]
     return "\n".join(out) + "\n"

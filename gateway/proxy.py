@@ -67,6 +67,19 @@ _FLUSH_AT = 64 * 1024
 _IDENTITY_INITIALS = frozenset(b"xXrR")
 
 
+class _Spent:
+    """The protocol of the parsers a closed connection swaps in (see ClientConnection.connection_lost)."""
+
+
+# A parser holds its protocol's bound callbacks: connection -> parser -> connection is a cycle
+# that only the cyclic garbage collector frees, with everything the connection still holds
+# (its TLS transport, SSL object, buffers: about 30 objects). Handing the closed connection
+# these inert parsers breaks the cycle, so plain reference counting frees a connection; the
+# collector's runs (tens of microseconds per new TLS connection) mostly go away.
+_SPENT_REQUEST_PARSER = httptools.HttpRequestParser(_Spent())
+_SPENT_RESPONSE_PARSER = httptools.HttpResponseParser(_Spent())
+
+
 class Cork:
     """The connections with writes waiting for the end of this pass of the event loop.
 
@@ -313,6 +326,7 @@ class ClientConnection(Corked):
             ex.upstream.close()
         self.current = None
         self.queue.clear()
+        self.parser = _SPENT_REQUEST_PARSER
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -1042,6 +1056,7 @@ class UpstreamConnection(Corked):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        self.parser = _SPENT_RESPONSE_PARSER
         if self.tunnel is not None:
             peer = self.tunnel
             self.tunnel = None
