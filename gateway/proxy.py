@@ -24,7 +24,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -71,11 +71,13 @@ class _Spent:
     """The protocol of the parsers a closed connection swaps in (see ClientConnection.connection_lost)."""
 
 
-# A parser holds its protocol's bound callbacks: connection -> parser -> connection is a cycle
-# that only the cyclic garbage collector frees, with everything the connection still holds
-# (its TLS transport, SSL object, buffers: about 30 objects). Handing the closed connection
-# these inert parsers breaks the cycle, so plain reference counting frees a connection; the
-# collector's runs (tens of microseconds per new TLS connection) mostly go away.
+# A parser holds its protocol's bound callbacks, and so does a transport (get_buffer and
+# buffer_updated), after connection_lost too: connection -> parser -> connection and
+# connection -> transport -> connection are cycles that only the cyclic garbage collector
+# frees, with everything the connection still holds (its TLS transport, SSL object, buffers:
+# about 30 objects). A closed connection lets go of its transport and takes one of these inert
+# parsers, so plain reference counting frees it; the collector's runs (tens of microseconds
+# per new TLS connection) mostly go away.
 _SPENT_REQUEST_PARSER = httptools.HttpRequestParser(_Spent())
 _SPENT_RESPONSE_PARSER = httptools.HttpResponseParser(_Spent())
 
@@ -112,12 +114,23 @@ class Cork:
                     conn.transport.abort()
 
 
-class Corked(asyncio.Protocol):
+# What every connection reads into (see Corked.get_buffer): one per process, as each has one loop.
+_READ_SIZE = 256 * 1024
+_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
+
+
+class Corked(asyncio.BufferedProtocol):
     """A connection whose writes are collected until its `Cork` flushes (or it closes).
 
     More than `_FLUSH_AT` waiting goes to the transport at once: its buffer limits (and the
     pause_writing that stops the other side) must see a pass that produces a lot, such as a
     client pipelining thousands of requests the gateway answers itself.
+
+    Reads go into one shared buffer and reach `data_received` as a copy of their exact size.
+    For a plain protocol the event loop's TLS transport allocates 256 KiB for each decrypted
+    read and then shrinks it, which cost more than the rest of a small request's read path.
+    The transport calls `buffer_updated` right after filling the buffer, and the copy is taken
+    before anything else runs, so one buffer serves every connection of the loop.
     """
 
     __slots__ = ("cork", "out", "out_size", "transport")
@@ -128,6 +141,18 @@ class Corked(asyncio.Protocol):
         # The pieces waiting for the flush, in order; None when nothing waits.
         self.out: list[bytes] | None = None
         self.out_size = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_VIEW[:nbytes].tobytes())
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool | None:
+        return None  # as asyncio.Protocol's default: the transport closes itself
 
     def send(self, data: bytes) -> None:
         out = self.out
@@ -291,7 +316,7 @@ class ClientConnection(Corked):
         self.principal: Principal | None = None
         self.idle_for = gw.idle_timeout
 
-    # --- asyncio.Protocol ------------------------------------------------------------
+    # --- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         gw = self.gw
@@ -327,6 +352,7 @@ class ClientConnection(Corked):
         self.current = None
         self.queue.clear()
         self.parser = _SPENT_REQUEST_PARSER
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -1057,6 +1083,7 @@ class UpstreamConnection(Corked):
         self.closed = True
         self.pool.forget(self)
         self.parser = _SPENT_RESPONSE_PARSER
+        self.transport = None
         if self.tunnel is not None:
             peer = self.tunnel
             self.tunnel = None

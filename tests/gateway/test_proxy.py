@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import ssl
 import time
@@ -262,6 +263,23 @@ async def test_websocket_relays_frames_subprotocols_and_close_codes(gw: Gateway)
             await ws.recv()
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 4321 and info.value.rcvd.reason == "bye from upstream"
+
+
+async def test_many_connections_at_once_each_get_exactly_their_own_bytes(gw: Gateway) -> None:
+    """Every connection reads into one shared buffer: bytes one connection still holds (a frame
+    waiting for the flush, a paused upstream) must never be overwritten by another's next read.
+    Messages larger than the buffer (256 KiB) take several reads each."""
+    rng = random.Random(7)
+    sizes = [rng.choice((1, 200, 70_000, 300_000, 600_000)) for _ in range(12)]
+
+    async def one(i: int) -> None:
+        async with _ws_connect(gw, ws_host(8080), max_size=None) as ws:
+            for size in sizes:
+                payload = i.to_bytes(2, "big") + os.urandom(size)
+                await ws.send(payload)
+                assert await ws.recv() == payload
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 60)
 
 
 async def test_websocket_upgrade_refused_by_upstream_passes_its_answer(gw: Gateway) -> None:
