@@ -235,6 +235,17 @@ def test_a_closed_connection_leaves_no_garbage_for_the_cycle_collector(gw: Gatew
     assert freed < n, f"the cyclic collector freed {freed} objects over {n} connections"
 
 
+async def test_a_closed_websocket_leaves_no_garbage_for_the_cycle_collector(gw: Gateway) -> None:
+    """The same for a WebSocket: its client and upstream connections are freed when it closes."""
+    before = _gc_freed(gw.metrics())
+    n = 100
+    for i in range(n):
+        async with _ws_connect(gw, ws_host(8080)) as ws:
+            await ws.send(f"m{i}")
+            assert await ws.recv() == f"m{i}"
+    freed = _gc_freed(gw.metrics()) - before
+    assert freed < n, f"the cyclic collector freed {freed} objects over {n} WebSockets"
+
 
 # --- WebSocket ---------------------------------------------------------------------
 
