@@ -71,8 +71,8 @@ class _Spent:
     """The protocol of the parsers a closed connection swaps in (see ClientConnection.connection_lost)."""
 
 
-# A parser holds its protocol's bound callbacks, and so does a transport (get_buffer and
-# buffer_updated), after connection_lost too: connection -> parser -> connection and
+# A parser holds its protocol's bound callbacks, and so does a client's TLS transport (get_buffer
+# and buffer_updated), after connection_lost too: connection -> parser -> connection and
 # connection -> transport -> connection are cycles that only the cyclic garbage collector
 # frees, with everything the connection still holds (its TLS transport, SSL object, buffers:
 # about 30 objects). A closed connection lets go of its transport and takes one of these inert
@@ -114,23 +114,17 @@ class Cork:
                     conn.transport.abort()
 
 
-# What every connection reads into (see Corked.get_buffer): one per process, as each has one loop.
+# What client connections read into (see ClientConnection): one per process, which has one loop.
 _READ_SIZE = 256 * 1024
 _READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
 
 
-class Corked(asyncio.BufferedProtocol):
+class Corked(asyncio.BaseProtocol):
     """A connection whose writes are collected until its `Cork` flushes (or it closes).
 
     More than `_FLUSH_AT` waiting goes to the transport at once: its buffer limits (and the
     pause_writing that stops the other side) must see a pass that produces a lot, such as a
     client pipelining thousands of requests the gateway answers itself.
-
-    Reads go into one shared buffer and reach `data_received` as a copy of their exact size.
-    For a plain protocol the event loop's TLS transport allocates 256 KiB for each decrypted
-    read and then shrinks it, which cost more than the rest of a small request's read path.
-    The transport calls `buffer_updated` right after filling the buffer, and the copy is taken
-    before anything else runs, so one buffer serves every connection of the loop.
     """
 
     __slots__ = ("cork", "out", "out_size", "transport")
@@ -141,12 +135,6 @@ class Corked(asyncio.BufferedProtocol):
         # The pieces waiting for the flush, in order; None when nothing waits.
         self.out: list[bytes] | None = None
         self.out_size = 0
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_READ_VIEW[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
@@ -252,7 +240,15 @@ class Exchange:
 
 
 class ClientConnection(Corked):
-    """One connection from a browser or IDE client."""
+    """One connection from a browser or IDE client.
+
+    Its reads go into one shared buffer and reach `data_received` as a copy of their exact
+    size. For a plain protocol the event loop's TLS transport allocates 256 KiB for each
+    decrypted read and then shrinks it, which costs more than the rest of a small request's
+    read path. The transport calls `buffer_updated` right after filling the buffer, and the
+    copy is taken before anything else runs, so one buffer serves every connection of the
+    loop. (Upstream connections are plain TCP, for which the loop already makes exact copies.)
+    """
 
     __slots__ = (
         "advancing",
@@ -317,6 +313,14 @@ class ClientConnection(Corked):
         self.idle_for = gw.idle_timeout
 
     # --- asyncio protocol ------------------------------------------------------------
+    # get_buffer without subclassing asyncio.Protocol is what makes the event loop hand over
+    # reads this way (uvloop looks for the method; asyncio for BufferedProtocol, which it is not).
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_VIEW[:nbytes].tobytes())
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         gw = self.gw
@@ -1083,7 +1087,6 @@ class UpstreamConnection(Corked):
         self.closed = True
         self.pool.forget(self)
         self.parser = _SPENT_RESPONSE_PARSER
-        self.transport = None
         if self.tunnel is not None:
             peer = self.tunnel
             self.tunnel = None
