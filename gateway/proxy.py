@@ -68,7 +68,7 @@ _IDENTITY_INITIALS = frozenset(b"xXrR")
 
 
 class _Spent:
-    """The protocol of the parsers a closed connection swaps in (see ClientConnection.connection_lost)."""
+    """The protocol of the inert parsers that closed connections take (see below)."""
 
 
 # A parser holds its protocol's bound callbacks, and so does a client's TLS transport (get_buffer
@@ -135,9 +135,6 @@ class Corked(asyncio.BaseProtocol):
         # The pieces waiting for the flush, in order; None when nothing waits.
         self.out: list[bytes] | None = None
         self.out_size = 0
-
-    def data_received(self, data: bytes) -> None:
-        raise NotImplementedError
 
     def eof_received(self) -> bool | None:
         return None  # as asyncio.Protocol's default: the transport closes itself
