@@ -1,7 +1,7 @@
 """Server-side TLS contexts with SNI selection and hot reload.
 
-One base ``SSLContext`` lives as long as the manager: the listening server is
-created with it and workers fork after it exists, so they all share its
+One base ``SSLContext`` lives as long as the manager: every client connection
+starts on it and workers fork after it exists, so they all share its
 session-ticket keys (OpenSSL encrypts and decrypts tickets with the keys of the
 context a connection *started* on, even after the SNI callback switched it to
 another certificate's context).  Certificates are swapped by replacing an
@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -106,39 +107,6 @@ class _State:
         return None
 
 
-class DirectSSLObject(ssl.SSLObject):
-    """An SSLObject whose plain pass-through methods are the C methods themselves.
-
-    ``ssl.SSLObject``'s read, write, pending, do_handshake, cipher, compression, getpeercert
-    and unwrap are Python functions that only pass the call on to the C object; the event
-    loop's TLS transport calls them for every connection and request, and each pass-through
-    is a Python frame. Bound on the instance, the same calls (same arguments, same results,
-    same errors) skip it.
-    """
-
-    @classmethod
-    def _create(
-        cls,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        session: ssl.SSLSession | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> ssl.SSLObject:
-        obj: ssl.SSLObject = super()._create(  # type: ignore[misc]
-            incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
-            session=session, context=context,
-        )
-        inner = obj._sslobj  # type: ignore[attr-defined]
-        obj.__dict__.update(
-            read=inner.read, write=inner.write, pending=inner.pending, do_handshake=inner.do_handshake,
-            cipher=inner.cipher, compression=inner.compression, getpeercert=inner.getpeercert,
-            unwrap=inner.shutdown,
-        )
-        return obj
-
-
 def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
     """A server context with wsgate's protocol policy and no certificate yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -148,7 +116,6 @@ def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
     ctx.set_ciphers(_CIPHERS_TLS12)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(_ALPN)
-    ctx.sslobject_class = DirectSSLObject
     if not session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
@@ -236,7 +203,9 @@ class TLSManager:
             lines.append(f"{c.pair.cert}: {names} (expires {c.not_after:%Y-%m-%d %H:%M} UTC){default}")
         return lines
 
-    def _on_sni(self, ssl_obj: ssl.SSLObject, server_name: str | None, _base: ssl.SSLContext) -> None:
+    def _on_sni(self, ssl_obj: Any, server_name: str | None, _base: ssl.SSLContext) -> None:
+        # ssl_obj: an SSLObject or SSLSocket, or the bare OpenSSL connection of the gateway's
+        # client connections (gateway/proxy.py); each has the settable `context`.
         # OpenSSL calls this for every ClientHello, with server_name None when
         # the client sent no SNI, so always switching here is what makes a
         # reloaded default certificate take effect.  Never raise: an exception

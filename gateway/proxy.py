@@ -60,6 +60,9 @@ _WRITE_LOW = 64 * 1024
 
 _MAX_RESPONSE_HEAD = 64 * 1024
 
+# Seconds a closed client connection reads on for the client to close its end (see ClientConnection._close).
+_LINGER = 5.0
+
 # Bytes a connection may hold back for the end of the loop's pass (see Corked).
 _FLUSH_AT = 64 * 1024
 
@@ -258,10 +261,12 @@ class ClientConnection(Corked):
         "fwd_block",
         "fwd_host",
         "gw",
+        "handshaking",
         "head_bytes",
         "header_error",
         "idle_for",
         "in_body",
+        "lingering",
         "open_path",
         "open_route",
         "parser",
@@ -270,6 +275,9 @@ class ClientConnection(Corked):
         "principal",
         "queue",
         "reading",
+        "tls",
+        "tls_in",
+        "tls_out",
         "trusted",
         "tunnel",
         "url_parts",
@@ -308,6 +316,12 @@ class ClientConnection(Corked):
         self.open_path = ""
         self.principal: Principal | None = None
         self.idle_for = gw.idle_timeout
+        # TLS (see `_decrypt`): the OpenSSL connection and its two memory BIOs, None for plain TCP.
+        self.tls: Any = None
+        self.tls_in: ssl.MemoryBIO | None = None
+        self.tls_out: ssl.MemoryBIO | None = None
+        self.handshaking = False
+        self.lingering = False
 
     # --- asyncio protocol ------------------------------------------------------------
     # get_buffer without subclassing asyncio.Protocol is what makes the event loop hand over
@@ -316,7 +330,25 @@ class ClientConnection(Corked):
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_READ_VIEW[:nbytes].tobytes())
+        if self.lingering:
+            return
+        tls_in = self.tls_in
+        if tls_in is None:
+            self._on_data(_READ_VIEW[:nbytes].tobytes())
+        else:
+            tls_in.write(_READ_VIEW[:nbytes])
+            self._decrypt()
+
+    def data_received(self, data: bytes) -> None:
+        # The standard event loop's path (it hands over reads this way, see get_buffer).
+        if self.lingering:
+            return
+        tls_in = self.tls_in
+        if tls_in is None:
+            self._on_data(data)
+        else:
+            tls_in.write(data)
+            self._decrypt()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
@@ -326,14 +358,101 @@ class ClientConnection(Corked):
         self.trusted = self.peer in gw.trusted
         gw.connections.add(self)
         gw.metrics.open_connections += 1
-        sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is not None:
-            gw.metrics.tls_handshakes["resumed" if sslobj.session_reused else "full"] += 1
         if len(gw.connections) > gw.max_connections or gw.draining:
             transport.abort()
             return
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
+        # The header timeout covers the TLS handshake too: a client that stalls in it is dropped.
         self.deadline = gw.now + gw.header_timeout
+        ctx = gw.tls_context
+        if ctx is not None:
+            self.tls_in = tls_in = ssl.MemoryBIO()
+            self.tls_out = tls_out = ssl.MemoryBIO()
+            self.tls = cast(Any, ctx)._wrap_bio(tls_in, tls_out, True, None)
+            self.handshaking = True
+
+    # --- TLS -------------------------------------------------------------------------
+    # The connection does its own TLS over the loop's plain TCP transport, with OpenSSL's
+    # memory BIOs, instead of the loop's TLS transport: a full handshake cost about a tenth less
+    # CPU and a keep-alive request a few microseconds less, the difference being the loop's
+    # general machinery (a second transport object per connection, futures and a timer for the
+    # handshake, an exception at the end of every read). A read stops when neither OpenSSL nor
+    # its input BIO holds anything more, so no exception is raised to find that out.
+    def _decrypt(self) -> None:
+        tls = self.tls
+        if self.handshaking:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._send_tls()
+                return
+            except (ssl.SSLError, ValueError) as e:
+                self._tls_failed(e)
+                return
+            self.handshaking = False
+            self.gw.metrics.tls_handshakes["resumed" if tls.session_reused else "full"] += 1
+        tls_in = self.tls_in
+        while not self.closing:
+            try:
+                n = tls.read(_READ_SIZE, _READ_VIEW)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                # The client's close_notify: it sends nothing more.
+                self._close()
+                return
+            except (ssl.SSLError, ValueError) as e:
+                self._tls_failed(e)
+                return
+            data = _READ_VIEW[:n].tobytes()
+            more = tls_in.pending or tls.pending()  # type: ignore[union-attr]
+            self._on_data(data)
+            if not more or self.tls is None:
+                break
+        self._send_tls()  # a handshake's last flight, or OpenSSL's answer to a key update
+
+    def _send_tls(self) -> None:
+        tls_out = self.tls_out
+        t = self.transport
+        if tls_out is not None and tls_out.pending and t is not None and not t.is_closing():
+            t.write(tls_out.read())
+
+    def _tls_failed(self, e: Exception) -> None:
+        # OpenSSL has written its alert (a client offering only old protocols learns why).
+        log.debug("TLS failed with %s: %s", self.peer, e)
+        self._send_tls()
+        self.closing = True
+        self.out = None
+        if self.transport is not None:
+            self.transport.close()  # after the alert
+
+    def flush(self) -> None:
+        tls = self.tls
+        if tls is None:
+            super().flush()
+            return
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        t = self.transport
+        if t is None or t.is_closing() or self.handshaking:
+            return  # nothing may go out before the handshake: it would be plaintext
+        try:
+            if len(out) == 1:
+                if out[0]:
+                    tls.write(out[0])
+            elif self.out_size <= _FLUSH_AT:
+                # One record and one syscall instead of one per piece.
+                tls.write(b"".join(out))
+            else:
+                for piece in out:
+                    if piece:
+                        tls.write(piece)
+        except (ssl.SSLError, ValueError) as e:
+            self._tls_failed(e)
+            return
+        self._send_tls()
 
     def connection_lost(self, exc: Exception | None) -> None:
         gw = self.gw
@@ -354,6 +473,7 @@ class ClientConnection(Corked):
         self.queue.clear()
         self.parser = _SPENT_REQUEST_PARSER
         self.transport = None
+        self.tls = self.tls_in = self.tls_out = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -374,7 +494,8 @@ class ClientConnection(Corked):
             if self.current is None and (self.queue or self.failed is not None) and not self.advancing:
                 self._advance()
 
-    def data_received(self, data: bytes) -> None:
+    def _on_data(self, data: bytes) -> None:
+        """What the client sent, decrypted."""
         if self.tunnel is not None:
             up = self.tunnel
             self.cursor.feed(data)  # type: ignore[union-attr]
@@ -958,10 +1079,31 @@ class ClientConnection(Corked):
         self._resume(_PAUSE_UPSTREAM)
 
     def _close(self) -> None:
+        """Ends the connection after what was sent, and lingers (see below)."""
         self.closing = True
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None or t.is_closing() or self.lingering:
+            return
+        tls = self.tls
+        if tls is not None and not self.handshaking:
+            # close_notify: what was sent is complete, and a response that ends with the
+            # connection cannot be cut short unnoticed.
+            try:  # noqa: SIM105 - a plain try costs nothing here, contextlib.suppress a call per connection
+                tls.shutdown()
+            except (ssl.SSLError, ValueError):
+                pass  # SSLWantReadError is the usual answer: the client's alert has not come
+            self._send_tls()
+        if not t.can_write_eof():
+            t.close()
+            return
+        # Half-close and read on, discarding: a socket closed with unread input resets the
+        # connection, and the reset makes the client's kernel drop the answer it has not read yet
+        # (a 431 or 413 sent while the client was still sending). The client closes when it sees
+        # the end; one that does not is cut off after _LINGER seconds.
+        t.write_eof()
+        self.lingering = True
+        self.deadline = self.gw.now + _LINGER
 
     def _abort(self) -> None:
         self.closing = True
@@ -971,6 +1113,9 @@ class ClientConnection(Corked):
 
     def expire(self, now: float) -> None:
         """Called by the sweeper when `deadline` has passed."""
+        if self.lingering:
+            self._abort()
+            return
         ex = self.current
         if self.tunnel is not None:
             self.close_websocket(GOING_AWAY, "idle timeout")

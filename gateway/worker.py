@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         self.config = config
         self.tls = tls
+        # Client connections do their TLS themselves on this context (gateway/proxy.py, `_decrypt`).
+        self.tls_context: ssl.SSLContext | None = tls.context
         self.index = index
         self.router = build_router(config)
         self.auth = build_auth(config, warn=index == 0)
@@ -208,8 +211,6 @@ class Gateway:
         self.server = await self.loop.create_server(
             functools.partial(ClientConnection, self),  # called in C for each new connection
             sock=sock,
-            ssl=self.tls.context,
-            ssl_handshake_timeout=self.config.limits.header_timeout,
             backlog=self.config.listen.backlog,
         )
         if redirect_sock is not None:

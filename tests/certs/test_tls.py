@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import socket
 import ssl
-import types
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -476,56 +474,3 @@ def test_reload_with_missing_file_keeps_serving(
         manager.reload()
     with connect(port, client_ctx(ca_file), "site.test") as sock:
         echo(sock)
-
-
-def test_the_event_loops_tls_object_behaves_as_the_standard_one(make_pair: MakePair, client_ctx: ClientCtx) -> None:
-    # The server context hands the event loop an SSLObject whose pass-through methods (read,
-    # write, pending, do_handshake, cipher, compression, getpeercert, unwrap) skip the Python
-    # wrappers: same arguments, same answers, same errors.
-    pair = make_pair(["a.test"])
-    server_ctx = TLSManager([pair]).context
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx(pair.cert, alpn=["http/1.1"]).wrap_bio(c_in, c_out, server_hostname="a.test")
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    assert isinstance(server, ssl.SSLObject)
-    direct = ("read", "write", "pending", "do_handshake", "cipher", "compression", "getpeercert", "unwrap")
-    assert all(isinstance(getattr(server, m), types.BuiltinMethodType) for m in direct)
-
-    def pump() -> None:
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-
-    for _ in range(10):
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        pump()
-    assert server.version() == "TLSv1.3" and server.selected_alpn_protocol() == "http/1.1"
-    assert server.cipher() == client.cipher() and server.cipher()[1] == "TLSv1.3"  # type: ignore[index]
-    assert server.compression() is None
-    assert server.getpeercert() is None and server.getpeercert(True) is None  # no client certificate
-    with pytest.raises(ssl.SSLWantReadError):
-        server.read(1024)
-    payload = os.urandom(40_000)  # several records
-    assert client.write(payload) == len(payload)
-    pump()
-    got = server.read(100)
-    assert server.pending() > 0  # the rest of that record
-    buf = bytearray(65536)
-    while len(got) < len(payload):
-        n = server.read(65536, buf)
-        got += bytes(buf[:n])
-    assert got == payload
-    assert server.write(b"answer") == 6
-    pump()
-    assert client.read(1024) == b"answer"
-    # Closing: the server's close_notify first, then the client's answer completes it.
-    with pytest.raises(ssl.SSLWantReadError):
-        server.unwrap()
-    pump()
-    with contextlib.suppress(ssl.SSLWantReadError):
-        client.unwrap()
-    pump()
-    server.unwrap()  # both close_notify alerts are through: no error
-    with pytest.raises(ssl.SSLZeroReturnError):
-        server.read(10)
