@@ -359,6 +359,8 @@ class ClientConnection(Corked):
         gw.connections.add(self)
         gw.metrics.open_connections += 1
         if len(gw.connections) > gw.max_connections or gw.draining:
+            # Refused before its TLS exists: nothing it might still deliver may be read as plaintext.
+            self.closing = True
             transport.abort()
             return
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
