@@ -74,11 +74,11 @@ class _Spent:
     """The protocol of the inert parsers that closed connections take (see below)."""
 
 
-# A parser holds its protocol's bound callbacks, and so does a client's TLS transport (get_buffer
+# A parser holds its protocol's bound callbacks, and so does a client's transport (get_buffer
 # and buffer_updated), after connection_lost too: connection -> parser -> connection and
 # connection -> transport -> connection are cycles that only the cyclic garbage collector
-# frees, with everything the connection still holds (its TLS transport, SSL object, buffers:
-# about 30 objects). A closed connection lets go of its transport and takes one of these inert
+# frees, with everything the connection still holds (transport, TLS state, buffers: about 30
+# objects). A closed connection lets go of its transport and takes one of these inert
 # parsers, so plain reference counting frees it; the collector's runs (tens of microseconds
 # per new TLS connection) mostly go away.
 _SPENT_REQUEST_PARSER = httptools.HttpRequestParser(_Spent())
@@ -168,6 +168,10 @@ class Corked(asyncio.BaseProtocol):
         t = self.transport
         if t is None or t.is_closing():
             return  # the peer is gone: nobody can read it
+        self.emit(t, out)
+
+    def emit(self, t: asyncio.Transport, out: list[bytes]) -> None:
+        """Writes what waited for the flush (`out_size` bytes in all)."""
         if len(out) == 1:
             t.write(out[0])
         elif self.out_size <= _FLUSH_AT:
@@ -240,14 +244,13 @@ class Exchange:
 
 
 class ClientConnection(Corked):
-    """One connection from a browser or IDE client.
+    """One connection from a browser or IDE client, over TLS that it does itself (see `_decrypt`).
 
-    Its reads go into one shared buffer and reach `data_received` as a copy of their exact
-    size. For a plain protocol the event loop's TLS transport allocates 256 KiB for each
-    decrypted read and then shrinks it, which costs more than the rest of a small request's
-    read path. The transport calls `buffer_updated` right after filling the buffer, and the
-    copy is taken before anything else runs, so one buffer serves every connection of the
-    loop. (Upstream connections are plain TCP, for which the loop already makes exact copies.)
+    Its reads, and what they decrypt to, go into one shared buffer; `_on_data` gets an
+    exact-size copy of the plaintext. The transport calls `buffer_updated` right after filling
+    the buffer, and the buffer is written to the TLS input (or copied out) before anything else
+    runs, so one buffer serves every connection of the loop. (Upstream connections are plain
+    TCP, for which the loop already makes exact copies.)
     """
 
     __slots__ = (
@@ -316,11 +319,12 @@ class ClientConnection(Corked):
         self.open_path = ""
         self.principal: Principal | None = None
         self.idle_for = gw.idle_timeout
-        # TLS (see `_decrypt`): the OpenSSL connection and its two memory BIOs, None for plain TCP.
-        self.tls: Any = None
-        self.tls_in: ssl.MemoryBIO | None = None
-        self.tls_out: ssl.MemoryBIO | None = None
-        self.handshaking = False
+        # TLS (see `_decrypt`): the OpenSSL connection and its two memory BIOs. There is no
+        # plaintext path: whatever arrives goes through the handshake first.
+        self.tls_in = ssl.MemoryBIO()
+        self.tls_out = ssl.MemoryBIO()
+        self.tls: Any = cast(Any, gw.tls_context)._wrap_bio(self.tls_in, self.tls_out, True, None)
+        self.handshaking = True
         self.lingering = False
 
     # --- asyncio protocol ------------------------------------------------------------
@@ -330,24 +334,14 @@ class ClientConnection(Corked):
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.lingering:
-            return
-        tls_in = self.tls_in
-        if tls_in is None:
-            self._on_data(_READ_VIEW[:nbytes].tobytes())
-        else:
-            tls_in.write(_READ_VIEW[:nbytes])
+        if not self.lingering:
+            self.tls_in.write(_READ_VIEW[:nbytes])
             self._decrypt()
 
     def data_received(self, data: bytes) -> None:
         # The standard event loop's path (it hands over reads this way, see get_buffer).
-        if self.lingering:
-            return
-        tls_in = self.tls_in
-        if tls_in is None:
-            self._on_data(data)
-        else:
-            tls_in.write(data)
+        if not self.lingering:
+            self.tls_in.write(data)
             self._decrypt()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -359,19 +353,11 @@ class ClientConnection(Corked):
         gw.connections.add(self)
         gw.metrics.open_connections += 1
         if len(gw.connections) > gw.max_connections or gw.draining:
-            # Refused before its TLS exists: nothing it might still deliver may be read as plaintext.
-            self.closing = True
             transport.abort()
             return
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
         # The header timeout covers the TLS handshake too: a client that stalls in it is dropped.
         self.deadline = gw.now + gw.header_timeout
-        ctx = gw.tls_context
-        if ctx is not None:
-            self.tls_in = tls_in = ssl.MemoryBIO()
-            self.tls_out = tls_out = ssl.MemoryBIO()
-            self.tls = cast(Any, ctx)._wrap_bio(tls_in, tls_out, True, None)
-            self.handshaking = True
 
     # --- TLS -------------------------------------------------------------------------
     # The connection does its own TLS over the loop's plain TCP transport, with OpenSSL's
@@ -407,16 +393,16 @@ class ClientConnection(Corked):
                 self._tls_failed(e)
                 return
             data = _READ_VIEW[:n].tobytes()
-            more = tls_in.pending or tls.pending()  # type: ignore[union-attr]
+            more = tls_in.pending or tls.pending()
             self._on_data(data)
-            if not more or self.tls is None:
+            if not more:
                 break
         self._send_tls()  # a handshake's last flight, or OpenSSL's answer to a key update
 
     def _send_tls(self) -> None:
         tls_out = self.tls_out
         t = self.transport
-        if tls_out is not None and tls_out.pending and t is not None and not t.is_closing():
+        if tls_out.pending and t is not None and not t.is_closing():
             t.write(tls_out.read())
 
     def _tls_failed(self, e: Exception) -> None:
@@ -428,18 +414,10 @@ class ClientConnection(Corked):
         if self.transport is not None:
             self.transport.close()  # after the alert
 
-    def flush(self) -> None:
-        tls = self.tls
-        if tls is None:
-            super().flush()
-            return
-        out = self.out
-        if out is None:
-            return
-        self.out = None
-        t = self.transport
-        if t is None or t.is_closing() or self.handshaking:
+    def emit(self, t: asyncio.Transport, out: list[bytes]) -> None:
+        if self.handshaking:
             return  # nothing may go out before the handshake: it would be plaintext
+        tls = self.tls
         try:
             if len(out) == 1:
                 if out[0]:
@@ -475,7 +453,6 @@ class ClientConnection(Corked):
         self.queue.clear()
         self.parser = _SPENT_REQUEST_PARSER
         self.transport = None
-        self.tls = self.tls_in = self.tls_out = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -1087,12 +1064,11 @@ class ClientConnection(Corked):
         t = self.transport
         if t is None or t.is_closing() or self.lingering:
             return
-        tls = self.tls
-        if tls is not None and not self.handshaking:
+        if not self.handshaking:
             # close_notify: what was sent is complete, and a response that ends with the
             # connection cannot be cut short unnoticed.
             try:  # noqa: SIM105 - a plain try costs nothing here, contextlib.suppress a call per connection
-                tls.shutdown()
+                self.tls.shutdown()
             except (ssl.SSLError, ValueError):
                 pass  # SSLWantReadError is the usual answer: the client's alert has not come
             self._send_tls()

@@ -104,7 +104,7 @@ class Gateway:
         self.config = config
         self.tls = tls
         # Client connections do their TLS themselves on this context (gateway/proxy.py, `_decrypt`).
-        self.tls_context: ssl.SSLContext | None = tls.context
+        self.tls_context: ssl.SSLContext = tls.context
         self.index = index
         self.router = build_router(config)
         self.auth = build_auth(config, warn=index == 0)
