@@ -87,6 +87,7 @@ class Guard:
         signer: AssertionSigner | None = None,
     ) -> None:
         self.auth = auth
+        self.host_cache = auth.host_cache  # read on every request: one attribute lookup, not two
         self.signer = signer
         self.domain = domain
         self.port_suffix = "" if public_port == 443 else f":{public_port}"
@@ -147,7 +148,7 @@ class Guard:
         grant = http1.cookie_value(ex.headers, _HOST_COOKIE)
         if grant is None:
             return None
-        session = self.auth.host_cache.get(grant.decode("ascii", "replace"), route.host)
+        session = self.host_cache.get(grant.decode("ascii", "replace"), route.host)
         if session is None:
             return None
         return self._decide(ex, route, session.principal, by_cookie=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import re
 from collections.abc import Sequence
 from html import escape
 from typing import Final
@@ -42,6 +41,8 @@ FORWARDING: Final = frozenset(
 REQUEST_ID: Final = b"x-request-id"
 # Connection tokens that are hop-by-hop already or name no header.
 _CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Connection values that name no other header, as most servers send them.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 # Headers that frame the message: a Connection header naming them must not make them vanish,
 # or the body would be forwarded without its framing.
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
@@ -176,6 +177,10 @@ def request_head(
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     xff = xfp = xfh = fwd = b""
     for name, value in headers:
+        n = len(name)
+        if not listed and (n >= 64 or not (_REQUEST_SPECIAL_LENGTHS >> n) & 1):
+            out += (name, b": ", value, b"\r\n")
+            continue
         low = name.lower()
         if low not in _REQUEST_SPECIAL and not listed:
             out += (name, b": ", value, b"\r\n")
@@ -214,6 +219,19 @@ def request_head(
 
 # Response headers the proxy acts on; everything else passes in one pass.
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"set-cookie"}
+
+
+def _length_mask(names: frozenset[bytes]) -> int:
+    """Bit n set when some name is n bytes long: most headers are ruled out by their length alone."""
+    mask = 0
+    for n in names:
+        assert len(n) < 64
+        mask |= 1 << len(n)
+    return mask
+
+
+_REQUEST_SPECIAL_LENGTHS: Final = _length_mask(_REQUEST_SPECIAL)
+_RESPONSE_SPECIAL_LENGTHS: Final = _length_mask(_RESPONSE_SPECIAL)
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
@@ -249,6 +267,10 @@ def response_head(
     listed: set[bytes] | None = None
     length_at = -1
     for name, value in headers:
+        n = len(name)
+        if n >= 64 or not (_RESPONSE_SPECIAL_LENGTHS >> n) & 1:
+            out += (name, b": ", value, b"\r\n")
+            continue
         low = name.lower()
         if low in _RESPONSE_SPECIAL:
             if low == b"content-length":
@@ -260,7 +282,7 @@ def response_head(
             else:
                 if low == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
-                elif low == b"connection":
+                elif low == b"connection" and value not in _PLAIN_CONNECTION:
                     tokens = connection_tokens(value) - _CONNECTION_OPTIONS - _FRAMING
                     if tokens:
                         listed = tokens if listed is None else listed | tokens
@@ -406,6 +428,10 @@ def is_identity_header(name: bytes) -> bool:
 
 def strip_cookies(value: bytes, prefix: bytes) -> bytes:
     """A Cookie header without the gateway's cookies; the others are kept byte for byte."""
+    if b";" not in value:
+        # One cookie (on a workspace host, usually the gateway's own): no list to build.
+        pair = value.strip(b" \t")
+        return b"" if not pair or _cookie_name(pair).lower().startswith(prefix) else pair
     kept = [
         pair
         for pair in (p.strip(b" \t") for p in value.split(b";"))
@@ -424,7 +450,7 @@ def _cookie_name(pair: bytes) -> bytes:
 
 
 # A cookie value the gateway set: visible ASCII without '"', ',', ';' or '\\' (RFC 6265 cookie-octet).
-_COOKIE_VALUE: Final = re.compile(rb"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+_COOKIE_OCTETS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'",;\\')
 
 
 def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -438,13 +464,23 @@ def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
     found: bytes | None = None
     for hname, value in headers:
         if len(hname) == 6 and hname.lower() == b"cookie":
+            if b";" not in value and value.startswith(name):
+                # A lone pair that starts with the name (the common case on a workspace host):
+                # the same reading as below, without the split.
+                k, sep, v = value.partition(b"=")
+                if sep and k.rstrip() == name:
+                    if found is not None:
+                        return None
+                    found = v.rstrip(b" \t")
+                continue
             for pair in value.split(b";"):
                 k, sep, v = pair.strip(b" \t").partition(b"=")
                 if sep and k.strip() == name:
                     if found is not None:
                         return None
                     found = v
-    if found is None or _COOKIE_VALUE.fullmatch(found) is None:
+    # Deleting every allowed octet leaves nothing only when the value is all cookie-octets.
+    if not found or found.translate(None, _COOKIE_OCTETS):
         return None
     return found
 
