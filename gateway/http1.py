@@ -463,15 +463,21 @@ def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
     """
     found: bytes | None = None
     for hname, value in headers:
-        if len(hname) == 6 and hname.lower() == b"cookie":
-            if b";" not in value and value.startswith(name):
-                # A lone pair that starts with the name (the common case on a workspace host):
-                # the same reading as below, without the split.
-                k, sep, v = value.partition(b"=")
-                if sep and k.rstrip() == name:
-                    if found is not None:
-                        return None
-                    found = v.rstrip(b" \t")
+        if len(hname) == 6 and (hname == b"Cookie" or hname.lower() == b"cookie"):
+            n = len(name)
+            if (
+                len(value) > n + 1
+                and value[n] == 0x3D  # "="
+                and value[-1] != 0x20
+                and value[-1] != 0x09
+                and b";" not in value
+                and value.startswith(name)
+            ):
+                # `name=value` alone, as a workspace host's requests carry it: the reading
+                # below gives the same, without splitting and partitioning.
+                if found is not None:
+                    return None
+                found = value[n + 1 :]
                 continue
             for pair in value.split(b";"):
                 k, sep, v = pair.strip(b" \t").partition(b"=")

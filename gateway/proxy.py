@@ -68,6 +68,11 @@ _FLUSH_AT = 64 * 1024
 
 # First bytes of header names that may be identity headers (x-..., remote-user).
 _IDENTITY_INITIALS = frozenset(b"xXrR")
+# Bit n set when a request header that `_read_head` reads by name is n bytes long.
+_HEAD_NAMES: Final = (
+    b"host", b"accept", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie", b"authorization"
+)
+_HEAD_LENGTHS: Final = sum(1 << k for k in {len(n) for n in _HEAD_NAMES})
 
 
 class _Spent:
@@ -611,26 +616,28 @@ class ClientConnection(Corked):
         host = None
         for name, value in ex.headers:
             n = len(name)
-            if n == 4 and name.lower() == b"host":
+            # Lowered once, and only when the length is one of the names below.
+            low = name.lower() if n < 64 and (_HEAD_LENGTHS >> n) & 1 else b""
+            if low == b"host":
                 if host is not None:
                     raise BadRequest(400, "more than one Host header")
                 host = value
-            elif n == 6 and name.lower() == b"accept":
+            elif low == b"accept":
                 ex.accept = value
-            elif n == 14 and name.lower() == b"content-length":
+            elif low == b"content-length":
                 ex.content_length = int(value)
-            elif n == 17 and name.lower() == b"transfer-encoding":
+            elif low == b"transfer-encoding":
                 http1.check_transfer_encoding(value, ex.minor)
                 ex.te = value
-            elif n == 6 and name.lower() == b"expect":
+            elif low == b"expect":
                 if value.strip().lower() != b"100-continue":
                     raise BadRequest(400, "unsupported Expect")
                 ex.expect_continue = True
-            elif n == 7 and name.lower() == b"upgrade":
+            elif low == b"upgrade":
                 ex.upgrade = value.strip()
             elif (
-                (n == 6 and name.lower() == b"cookie")
-                or (n == 13 and name.lower() == b"authorization")
+                low == b"cookie"
+                or low == b"authorization"
                 or (n > 6 and name[0] in _IDENTITY_INITIALS and http1.is_identity_header(name))
             ):
                 ex.scrub = True

@@ -24,7 +24,7 @@ from aiohttp import web
 from idp_process import IdP, sign_in_via_form
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
-from wsgate_testing import AiohttpUpstream, free_port
+from wsgate_testing import AiohttpUpstream, free_port, refused_port
 
 from auth.providers.base import ProviderError, Tokens
 from auth.providers.oidc import OIDCProvider
@@ -253,9 +253,8 @@ async def test_discovery_issuer_mismatch_is_refused(idp: IdP, http: aiohttp.Clie
 
 
 async def test_idp_down_is_unavailable(idp: IdP, http: aiohttp.ClientSession) -> None:
-    nobody = make_provider(http, f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(ProviderError) as e:
-        await nobody.setup()
+    with refused_port() as port, pytest.raises(ProviderError) as e:
+        await make_provider(http, f"http://127.0.0.1:{port}").setup()
     assert e.value.kind == "unavailable"
 
     provider = make_provider(http, idp.issuer)

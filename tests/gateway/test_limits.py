@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 import wsgate_testing
-from wsgate_testing import Gateway, RecordingUpstream, free_port, ws_host
+from wsgate_testing import Gateway, RecordingUpstream, refused_port, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -368,11 +368,11 @@ def test_upstream_never_answers_504(
 
 @pytest.mark.parametrize("accept", ["application/json", None])
 def test_refused_upstream_port_502(gateway_factory: Callable[..., Gateway], accept: str | None) -> None:
-    dead = free_port()
-    gw = gateway_factory(workspace(8080, dead))
-    headers = [f"Accept: {accept}"] if accept else []
-    t = talk(gw, get("/", *headers), want=1)
-    reply = t.first()
+    with refused_port() as dead:
+        gw = gateway_factory(workspace(8080, dead))
+        headers = [f"Accept: {accept}"] if accept else []
+        t = talk(gw, get("/", *headers), want=1)
+        reply = t.first()
     assert_clean_error(reply, 502, dead)
     assert str(dead).encode() not in reply.body
     text = json.loads(reply.body)["message"] if accept else reply.body.decode()

@@ -9,13 +9,13 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from wsgate_testing import DOMAIN, AiohttpUpstream, Gateway, free_port, ws_host
+from wsgate_testing import DOMAIN, AiohttpUpstream, Gateway, refused_port, ws_host
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +32,18 @@ public = true
 
 
 @pytest.fixture
-def gw(gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream) -> Gateway:
-    dead = free_port()
-    return gateway_factory(
-        ws_toml(echo_upstream.port)
-        + ws_toml(dead, port=9999, ide=False)
-        + f"""
+def gw(gateway_factory: Callable[..., Gateway], echo_upstream: AiohttpUpstream) -> Iterator[Gateway]:
+    with refused_port() as dead:
+        yield gateway_factory(
+            ws_toml(echo_upstream.port)
+            + ws_toml(dead, port=9999, ide=False)
+            + f"""
 [[routes]]
 host = "app.wsgate.localhost"
 upstream = "http://127.0.0.1:{echo_upstream.port}/base"
 access = "public"
 """
-    )
+        )
 
 
 def test_workspace_port_and_ide_host_reach_the_upstream(gw: Gateway) -> None:

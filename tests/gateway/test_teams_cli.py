@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import InProcessCLI, make_tokens
-from wsgate_testing import DOMAIN, REPO, Gateway, free_port
+from wsgate_testing import DOMAIN, REPO, Gateway, refused_port
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,8 @@ def test_refusals_are_one_clear_line(people: dict[str, CLI], tmp_path: Path) -> 
     # Not getting through to the gateway.
     invalid = root.fails("list", env={"WSGATE_TOKEN": "wsg_nope_nope"})
     assert "token is invalid" in invalid and "WSGATE_TOKEN" in invalid
-    refused = root.fails("get", "web", "--url", f"https://{DOMAIN}:{free_port()}")
+    with refused_port() as port:
+        refused = root.fails("get", "web", "--url", f"https://{DOMAIN}:{port}")
     assert "connection refused" in refused
     missing_token = root.fails("list", env={"WSGATE_TOKEN": ""}, code=2)
     assert "no token" in missing_token and "--scopes api,admin" in missing_token

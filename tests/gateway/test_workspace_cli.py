@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from wsgate_testing import DOMAIN, REPO, Gateway, free_port
+from wsgate_testing import DOMAIN, REPO, Gateway, refused_port
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,8 @@ def test_errors_are_one_clear_line(cli: CLI, tmp_path: Path) -> None:
         assert out.returncode == 2 and "usage:" in out.stderr and "Traceback" not in out.stderr, usage
     assert "https://" in cli.fails("list", "--url", "http://127.0.0.1:1", code=2)
 
-    refused = cli.fails("list", "--url", f"https://{DOMAIN}:{free_port()}")
+    with refused_port() as port:
+        refused = cli.fails("list", "--url", f"https://{DOMAIN}:{port}")
     assert "connection refused" in refused
 
     # No --config, no --ca, and no local CA in the working directory: the gateway's certificate is untrusted.
