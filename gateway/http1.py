@@ -235,7 +235,12 @@ _RESPONSE_SPECIAL_LENGTHS: Final = _length_mask(_RESPONSE_SPECIAL)
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
+_OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"
+
+
 def _status_line(status: int, reason: bytes) -> bytes:
+    if status == 200 and reason == b"OK":
+        return _OK_LINE  # most responses: no key to build and hash
     line = _STATUS_LINES.get((status, reason))
     if line is None:
         text = reason if reason and all(32 <= c < 127 or c == 9 for c in reason) else REASONS.get(status, "").encode()

@@ -33,6 +33,7 @@ from auth.principal import Principal
 from gateway import http1
 from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Pass
 from gateway.http1 import BadRequest, Headers
+from gateway.metrics import Metrics
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
 from launcher.base import NotRunning
 from routing.paths import PathError, canonical_target
@@ -125,6 +126,35 @@ class Cork:
 # What client connections read into (see ClientConnection): one per process, which has one loop.
 _READ_SIZE = 256 * 1024
 _READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
+
+
+class HotState:
+    """What the proxy reads on nearly every request, in one compiled object.
+
+    The Gateway is a plain Python object: each of its attributes read here would cost a
+    dictionary lookup, about forty of them per request. The Gateway owns this and writes
+    it (the clock, draining, the limits on a config reload); connections keep a reference.
+    """
+
+    def __init__(self, metrics: Metrics, pool: UpstreamPool, *, request_prefix: bytes, cookie_prefix: bytes) -> None:
+        self.metrics = metrics
+        self.pool = pool
+        # The sweeper's coarse clock (loop time), and whether the gateway is shutting down.
+        self.now = 0.0
+        self.draining = False
+        self.request_prefix = request_prefix
+        self.request_counter = 0
+        self.cookie_prefix = cookie_prefix
+        # Limits and timeouts from the config (Gateway._settings).
+        self.max_connections = 0
+        self.header_timeout = 0.0
+        self.keepalive_timeout = 0.0
+        self.max_header_bytes = 0
+        self.max_url_length = 0
+        self.max_headers = 0
+        self.max_body_bytes = 0
+        self.idle_timeout = 0.0
+        self.response_timeout = 0.0
 
 
 class Corked(asyncio.BaseProtocol):
@@ -272,6 +302,7 @@ class ClientConnection(Corked):
         "handshaking",
         "head_bytes",
         "header_error",
+        "hot",
         "idle_for",
         "in_body",
         "lingering",
@@ -293,8 +324,10 @@ class ClientConnection(Corked):
     )
 
     def __init__(self, gw: Gateway) -> None:
-        super().__init__(gw.pool.cork)
+        hot = gw.hot
+        super().__init__(hot.pool.cork)
         self.gw = gw
+        self.hot = hot
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self.trusted = False
@@ -323,7 +356,7 @@ class ClientConnection(Corked):
         # The canonical path of that request, and who it was admitted for (rules re-check WebSockets).
         self.open_path = ""
         self.principal: Principal | None = None
-        self.idle_for = gw.idle_timeout
+        self.idle_for = self.hot.idle_timeout
         # TLS (see `_decrypt`): the OpenSSL connection and its two memory BIOs. There is no
         # plaintext path: whatever arrives goes through the handshake first.
         self.tls_in = ssl.MemoryBIO()
@@ -356,13 +389,13 @@ class ClientConnection(Corked):
         self.peer = peer[0] if peer else "unknown"
         self.trusted = self.peer in gw.trusted
         gw.connections.add(self)
-        gw.metrics.open_connections += 1
-        if len(gw.connections) > gw.max_connections or gw.draining:
+        self.hot.metrics.open_connections += 1
+        if len(gw.connections) > self.hot.max_connections or self.hot.draining:
             transport.abort()
             return
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)
         # The header timeout covers the TLS handshake too: a client that stalls in it is dropped.
-        self.deadline = gw.now + gw.header_timeout
+        self.deadline = self.hot.now + self.hot.header_timeout
 
     # --- TLS -------------------------------------------------------------------------
     # The connection does its own TLS over the loop's plain TCP transport, with OpenSSL's
@@ -383,7 +416,7 @@ class ClientConnection(Corked):
                 self._tls_failed(e)
                 return
             self.handshaking = False
-            self.gw.metrics.tls_handshakes["resumed" if tls.session_reused else "full"] += 1
+            self.hot.metrics.tls_handshakes["resumed" if tls.session_reused else "full"] += 1
         tls_in = self.tls_in
         while not self.closing:
             try:
@@ -443,12 +476,12 @@ class ClientConnection(Corked):
         gw = self.gw
         if self in gw.connections:
             gw.connections.discard(self)
-            gw.metrics.open_connections -= 1
+            self.hot.metrics.open_connections -= 1
         self.closing = True
         up = self.tunnel
         if up is not None:
             self.tunnel = None
-            gw.metrics.open_websockets -= 1
+            self.hot.metrics.open_websockets -= 1
             up.close()
         ex = self.current
         if ex is not None and ex.upstream is not None:
@@ -483,7 +516,7 @@ class ClientConnection(Corked):
         if self.tunnel is not None:
             up = self.tunnel
             self.cursor.feed(data)  # type: ignore[union-attr]
-            self.deadline = self.gw.now + self.idle_for
+            self.deadline = self.hot.now + self.idle_for
             up.send(data)
             return
         if self.closing:
@@ -491,7 +524,7 @@ class ClientConnection(Corked):
         if not self.in_body:
             if self.reading is None and self.head_bytes == 0:
                 # A request line starts here: one space between its three parts, as llhttp does not insist.
-                end = data.find(b"\r\n", 0, self.gw.max_url_length + 64)
+                end = data.find(b"\r\n", 0, self.hot.max_url_length + 64)
                 if end > 0 and data.find(b"  ", 0, end) != -1:
                     self.reading = Exchange()
                     self._fail_request(400, "malformed request line")
@@ -511,7 +544,7 @@ class ClientConnection(Corked):
             err = self.header_error or BadRequest(400, f"malformed request: {e}")
             self._fail_request(err.status, err.message)
         else:
-            if self.head_bytes > self.gw.max_header_bytes and self.reading is not None and not self.in_body:
+            if self.head_bytes > self.hot.max_header_bytes and self.reading is not None and not self.in_body:
                 self._fail_request(431, "request header too large")
 
     # --- llhttp callbacks ------------------------------------------------------------
@@ -521,13 +554,13 @@ class ClientConnection(Corked):
         self.reading = ex
         self.url_parts = []
         if self.current is None:
-            self.deadline = self.gw.now + self.gw.header_timeout
+            self.deadline = self.hot.now + self.hot.header_timeout
 
     def on_url(self, url: bytes) -> None:
         parts = self.url_parts
         parts.append(url)
         size = len(url) if len(parts) == 1 else sum(map(len, parts))
-        if size > self.gw.max_url_length:
+        if size > self.hot.max_url_length:
             self.header_error = BadRequest(414, "request URL too long")
             raise self.header_error
         self.reading.head_size = size  # type: ignore[union-attr]
@@ -539,14 +572,13 @@ class ClientConnection(Corked):
             # A chunked body's trailer fields: never forwarded (the body is re-chunked without
             # them) and never read as headers, or they would dodge every check made on the head.
             ex.head_size += len(name) + len(value) + 4
-            if ex.head_size > self.gw.max_header_bytes:
+            if ex.head_size > self.hot.max_header_bytes:
                 self.header_error = BadRequest(431, "request trailer too large")
                 raise self.header_error
             return
         ex.headers.append((name, value))
         ex.head_size += len(name) + len(value) + 4
-        gw = self.gw
-        if len(ex.headers) > gw.max_headers or ex.head_size > gw.max_header_bytes:
+        if len(ex.headers) > self.hot.max_headers or ex.head_size > self.hot.max_header_bytes:
             self.header_error = BadRequest(431, "request header too large")
             raise self.header_error
 
@@ -583,8 +615,8 @@ class ClientConnection(Corked):
         ex = self.reading
         assert ex is not None
         ex.body_bytes += len(body)
-        self.deadline = self.gw.now + self.idle_for
-        limit = self.gw.max_body_bytes
+        self.deadline = self.hot.now + self.idle_for
+        limit = self.hot.max_body_bytes
         if limit and ex.body_bytes > limit:
             self.header_error = BadRequest(413, "request body too large")
             raise self.header_error
@@ -602,7 +634,7 @@ class ClientConnection(Corked):
         if ex.upgrade is not None:
             return
         if ex is self.current and not ex.resp_status:
-            self.deadline = self.gw.now + self.gw.response_timeout
+            self.deadline = self.hot.now + self.hot.response_timeout
         if ex.body == "chunked":
             self._send_body(ex, [http1.LAST_CHUNK])
         # A request pipelined behind this one pauses reading once its head is complete
@@ -651,7 +683,7 @@ class ClientConnection(Corked):
             ex.body = "chunked"
         elif ex.content_length > 0:
             ex.body = "length"
-            limit = self.gw.max_body_bytes
+            limit = self.hot.max_body_bytes
             if limit and ex.content_length > limit:
                 raise BadRequest(413, "request body too large")
         elif ex.content_length == 0:
@@ -667,8 +699,8 @@ class ClientConnection(Corked):
     def _dispatch(self, ex: Exchange) -> None:
         gw = self.gw
         self.current = ex
-        self.idle_for = gw.idle_timeout
-        self.deadline = gw.now + gw.idle_timeout
+        self.idle_for = self.hot.idle_timeout
+        self.deadline = self.hot.now + self.hot.idle_timeout
         if ex.request_id == b"":
             ex.request_id = self._request_id(ex)
         router = gw.router
@@ -692,12 +724,12 @@ class ClientConnection(Corked):
         ex.route = route
         self.open_route = route
         if route.kind != MAIN:
-            if gw.draining:
+            if self.hot.draining:
                 self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
                 return
             if route.access.level != PUBLIC or ex.target.startswith(b"/.wsgate/"):
                 verdict = gw.guard.quick(ex, route)
-                gw.metrics.auth_checks["store" if verdict is None else "cache"] += 1
+                self.hot.metrics.auth_checks["store" if verdict is None else "cache"] += 1
                 if verdict is None:
                     if ex.pending is None:
                         ex.pending = []
@@ -730,7 +762,7 @@ class ClientConnection(Corked):
         ex.target = (path + query).encode()
         self.open_path = path
         self.idle_for = rule.idle_timeout
-        self.deadline = self.gw.now + rule.idle_timeout
+        self.deadline = self.hot.now + rule.idle_timeout
         return route
 
     async def _guarded(self, ex: Exchange, route: Route) -> None:
@@ -759,7 +791,7 @@ class ClientConnection(Corked):
             return
         if ex.scrub:
             ex.headers = http1.scrub(
-                ex.headers, gw.cookie_prefix, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
+                ex.headers, self.hot.cookie_prefix, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
             )
         rule = route.rule
         if rule is not None and rule.request_headers:
@@ -768,7 +800,7 @@ class ClientConnection(Corked):
             ex.headers.extend((n.encode(), v.encode()) for n, v in rule.request_headers.items())
         if extra:
             ex.headers.extend(extra)
-        up = gw.pool.take(route.upstream)
+        up = self.hot.pool.take(route.upstream)
         if up is not None:
             self._attach(ex, up)
         else:
@@ -782,28 +814,27 @@ class ClientConnection(Corked):
             for name, value in ex.headers:
                 if len(name) == 12 and name.lower() == http1.REQUEST_ID and http1.is_valid_request_id(value):
                     return value
-        gw = self.gw
-        gw.request_counter += 1
-        return b"%s-%x" % (gw.request_prefix, gw.request_counter)
+        self.hot.request_counter += 1
+        return b"%s-%x" % (self.hot.request_prefix, self.hot.request_counter)
 
     async def _connect(self, ex: Exchange, target: Upstream, timeout: float | None = None) -> None:
-        gw = self.gw
         try:
-            up = await gw.pool.connect(target, timeout)
+            up = await self.hot.pool.connect(target, timeout)
         except TimeoutError:
-            gw.metrics.upstream_errors["connect_timeout"] += 1
+            self.hot.metrics.upstream_errors["connect_timeout"] += 1
             self.upstream_failed(ex, 504, "The workspace did not accept the connection in time.")
             return
         except NotRunning:
-            gw.metrics.upstream_errors["workspace_not_running"] += 1
+            self.hot.metrics.upstream_errors["workspace_not_running"] += 1
             self.upstream_failed(ex, 503, NOT_RUNNING_MESSAGE)
             return
         except OSError as e:
-            gw.metrics.upstream_errors["connect_refused" if e.errno == errno.ECONNREFUSED else "connect_error"] += 1
+            kind = "connect_refused" if e.errno == errno.ECONNREFUSED else "connect_error"
+            self.hot.metrics.upstream_errors[kind] += 1
             self.upstream_failed(ex, 502, _refused_message(ex))
             return
         if self.current is not ex or self.closing:
-            gw.pool.release(up)
+            self.hot.pool.release(up)
             return
         self._resume(_PAUSE_CONNECT)
         self._attach(ex, up)
@@ -871,7 +902,7 @@ class ClientConnection(Corked):
         if up is not None:
             up.unbind()
             if reusable and ex.req_done:
-                self.gw.pool.release(up)
+                self.hot.pool.release(up)
             else:
                 up.close()
         if ex.req_done:
@@ -882,7 +913,6 @@ class ClientConnection(Corked):
             self._close()
 
     def start_tunnel(self, ex: Exchange, up: UpstreamConnection, rest: bytes) -> None:
-        gw = self.gw
         ex.upstream = None
         ex.resp_done = True
         self._log(ex)
@@ -890,9 +920,9 @@ class ClientConnection(Corked):
         self.tunnel = up
         self.cursor = FrameCursor()
         up.tunnel_to(self)
-        gw.metrics.open_websockets += 1
-        gw.metrics.websockets_total += 1
-        self.deadline = gw.now + self.idle_for
+        self.hot.metrics.open_websockets += 1
+        self.hot.metrics.websockets_total += 1
+        self.deadline = self.hot.now + self.idle_for
         if rest:
             up.cursor.feed(rest)  # type: ignore[union-attr]
             self.send(rest)
@@ -907,10 +937,10 @@ class ClientConnection(Corked):
     def _finish(self, ex: Exchange) -> None:
         self._log(ex)
         self.current = None
-        if not ex.keep_alive or self.closing or self.gw.draining or ex.upgrade is not None:
+        if not ex.keep_alive or self.closing or self.hot.draining or ex.upgrade is not None:
             self._close()
             return
-        self.deadline = self.gw.now + self.gw.keepalive_timeout
+        self.deadline = self.hot.now + self.hot.keepalive_timeout
         if not self.advancing:
             self._advance()
 
@@ -940,7 +970,7 @@ class ClientConnection(Corked):
         gw = self.gw
         kind = ex.route.kind if ex.route is not None else "none"
         duration = time.monotonic() - ex.start
-        gw.metrics.observe(kind, ex.resp_status, duration)
+        self.hot.metrics.observe(kind, ex.resp_status, duration)
         if gw.access_log.enabled:
             gw.access_log.record(
                 ex.request_id.decode("ascii", "replace"),
@@ -1017,7 +1047,7 @@ class ClientConnection(Corked):
             self._pause(_PAUSE_CONNECT)
             self.gw.spawn(self._connect(ex, ex.route.upstream))
             return
-        self.gw.metrics.upstream_errors["upstream_closed"] += 1
+        self.hot.metrics.upstream_errors["upstream_closed"] += 1
         self.upstream_failed(ex, 502, "The workspace closed the connection before answering.")
 
     def _fail_request(self, status: int, message: str) -> None:
@@ -1088,7 +1118,7 @@ class ClientConnection(Corked):
         # the end; one that does not is cut off after _LINGER seconds.
         t.write_eof()
         self.lingering = True
-        self.deadline = self.gw.now + _LINGER
+        self.deadline = self.hot.now + _LINGER
 
     def _abort(self) -> None:
         self.closing = True
@@ -1106,7 +1136,7 @@ class ClientConnection(Corked):
             self.close_websocket(GOING_AWAY, "idle timeout")
             return
         if ex is not None and ex.req_done and not ex.resp_status and ex.upstream is not None and ex.upstream.waiting:
-            self.gw.metrics.upstream_errors["response_timeout"] += 1
+            self.hot.metrics.upstream_errors["response_timeout"] += 1
             up = ex.upstream
             ex.upstream = None
             up.close()
@@ -1130,7 +1160,7 @@ class ClientConnection(Corked):
         self.gw.loop.call_later(1.0, self._abort)
         # Stop relaying: nothing may follow a close frame.
         self.tunnel = None
-        self.gw.metrics.open_websockets -= 1
+        self.hot.metrics.open_websockets -= 1
         up.close()
         self._close()
 
@@ -1219,7 +1249,7 @@ class UpstreamConnection(Corked):
             self.tunnel = None
             if peer.tunnel is self:
                 peer.tunnel = None
-                peer.gw.metrics.open_websockets -= 1
+                peer.hot.metrics.open_websockets -= 1
                 peer._close()
             return
         client, ex = self.client, self.ex
@@ -1252,8 +1282,7 @@ class UpstreamConnection(Corked):
         self.waiting = True
         self.head_bytes = self.raw_head = 0
         self.head_only = ex.method == b"HEAD"
-        gw = client.gw
-        client.deadline = gw.now + (gw.response_timeout if ex.req_done else gw.idle_timeout)
+        client.deadline = client.hot.now + (client.hot.response_timeout if ex.req_done else client.hot.idle_timeout)
 
     def unbind(self) -> None:
         self.client = None
@@ -1278,7 +1307,7 @@ class UpstreamConnection(Corked):
         tunnel = self.tunnel
         if tunnel is not None:
             self.cursor.feed(data)  # type: ignore[union-attr]
-            tunnel.deadline = tunnel.gw.now + tunnel.gw.idle_timeout
+            tunnel.deadline = tunnel.hot.now + tunnel.hot.idle_timeout
             tunnel.send(data)
             return
         client = self.client
@@ -1334,8 +1363,7 @@ class UpstreamConnection(Corked):
             return  # the tunnel starts in _upgraded
         self.waiting = False
         ex.resp_status = status
-        gw = client.gw
-        close = not ex.keep_alive or gw.draining or ex.upgrade is not None
+        close = not ex.keep_alive or client.hot.draining or ex.upgrade is not None
         head, framing, out_framing, close = http1.response_head(
             status,
             self.reason,
@@ -1344,7 +1372,7 @@ class UpstreamConnection(Corked):
             client_minor=ex.minor,
             close=close,
             # The gateway's own app is the one upstream that sets gateway cookies.
-            drop_cookie=None if self.key is INTERNAL else gw.cookie_prefix,
+            drop_cookie=None if self.key is INTERNAL else client.hot.cookie_prefix,
         )
         ex.resp_framing = framing
         self.chunked_out = out_framing == "chunked"
@@ -1352,7 +1380,7 @@ class UpstreamConnection(Corked):
             ex.keep_alive = False
         ex.resp_bytes += len(head)
         client.send(head)
-        client.deadline = gw.now + gw.idle_timeout
+        client.deadline = client.hot.now + client.hot.idle_timeout
         if self.head_only:
             # llhttp cannot be told that a HEAD response has no body, so this connection ends here.
             client.response_done(ex, reusable=False)
@@ -1364,7 +1392,7 @@ class UpstreamConnection(Corked):
         if not ex.resp_status:
             raise ValueError("body before a final response")
         ex.resp_bytes += len(body)
-        client.deadline = client.gw.now + client.gw.idle_timeout
+        client.deadline = client.hot.now + client.hot.idle_timeout
         if self.chunked_out:
             client.send_many(http1.chunk(body))
         else:
@@ -1389,7 +1417,7 @@ class UpstreamConnection(Corked):
             # The upstream announced an upgrade without switching; treat as a bad answer.
             self._bad_response()
             return
-        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=client.gw.cookie_prefix)
+        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=client.hot.cookie_prefix)
         ex.resp_status = 101
         ex.resp_bytes += len(head)
         self.waiting = False
@@ -1404,7 +1432,7 @@ class UpstreamConnection(Corked):
         client, ex = self.client, self.ex
         self.close()
         if client is not None and ex is not None:
-            client.gw.metrics.upstream_errors["bad_response"] += 1
+            client.hot.metrics.upstream_errors["bad_response"] += 1
             client.upstream_failed(ex, 502, "The workspace sent a response the gateway cannot pass on.")
 
 

@@ -32,7 +32,7 @@ from gateway.http1 import TrustedProxies
 from gateway.logs import AccessLog, event
 from gateway.metrics import Metrics
 from gateway.prebuilds import Prebuilds
-from gateway.proxy import ClientConnection, UpstreamPool
+from gateway.proxy import ClientConnection, HotState, UpstreamPool
 from gateway.rules import Rules
 from gateway.wiring import build_auth, build_docs, config_teams
 from launcher.base import Backend, LauncherError, Limits, NotRunning, Workspace
@@ -121,11 +121,6 @@ class Gateway:
         self.metrics = Metrics()
         self.access_log = AccessLog(config.log.access_log, config.log.format)
         self.connections: set[ClientConnection] = set()
-        self.draining = False
-        self.now = self.loop.time()
-        self.request_prefix = os.urandom(4).hex().encode()
-        self.request_counter = 0
-        self.cookie_prefix = COOKIE_PREFIX
         self.pool = UpstreamPool(
             self.loop,
             connect_timeout=config.proxy.connect_timeout,
@@ -133,6 +128,10 @@ class Gateway:
             idle_timeout=config.proxy.pool_idle_timeout,
             internal=self._internal_protocol,
         )
+        self.hot = HotState(
+            self.metrics, self.pool, request_prefix=os.urandom(4).hex().encode(), cookie_prefix=COOKIE_PREFIX
+        )
+        self.hot.now = self.loop.time()
         self.launcher = build_launcher(config, warn=index == 0)
         # Workspaces launched by other gateway processes, from their shared records (id -> record).
         self.machine = socket.gethostname()
@@ -172,17 +171,26 @@ class Gateway:
         )
 
     def _settings(self, config: Config) -> None:
-        """Copies the values the hot path reads on every request into plain attributes."""
-        lim, prx = config.limits, config.proxy
-        self.max_connections = lim.max_connections
-        self.header_timeout = lim.header_timeout
-        self.keepalive_timeout = lim.keepalive_timeout
-        self.max_header_bytes = lim.max_header_bytes
-        self.max_url_length = lim.max_url_length
-        self.max_headers = lim.max_headers
-        self.max_body_bytes = lim.max_body_bytes
-        self.idle_timeout = prx.idle_timeout
-        self.response_timeout = prx.response_timeout
+        """Copies the values the hot path reads on every request into its compiled state."""
+        lim, prx, hot = config.limits, config.proxy, self.hot
+        hot.max_connections = lim.max_connections
+        hot.header_timeout = lim.header_timeout
+        hot.keepalive_timeout = lim.keepalive_timeout
+        hot.max_header_bytes = lim.max_header_bytes
+        hot.max_url_length = lim.max_url_length
+        hot.max_headers = lim.max_headers
+        hot.max_body_bytes = lim.max_body_bytes
+        hot.idle_timeout = prx.idle_timeout
+        hot.response_timeout = prx.response_timeout
+
+    @property
+    def now(self) -> float:
+        """The sweeper's coarse clock (loop time)."""
+        return self.hot.now
+
+    @property
+    def draining(self) -> bool:
+        return self.hot.draining
 
     # --- life cycle ----------------------------------------------------------------
     async def start(self, sock: socket.socket, redirect_sock: socket.socket | None = None) -> None:
@@ -234,7 +242,7 @@ class Gateway:
         tick = max(0.05, min(0.5, lim.header_timeout / 4))
         while True:
             await asyncio.sleep(tick)
-            now = self.now = self.loop.time()
+            now = self.hot.now = self.loop.time()
             expired = [c for c in self.connections if c.deadline and c.deadline < now]
             for conn in expired:
                 try:
@@ -309,7 +317,7 @@ class Gateway:
         """SIGTERM: stop accepting, let requests finish within the grace period, close WebSockets with 1001."""
         if self.draining:
             return
-        self.draining = True
+        self.hot.draining = True
         event(log, logging.INFO, "draining", connections=len(self.connections), worker=self.index)
         if self.server is not None:
             self.server.close()
