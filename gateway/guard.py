@@ -87,7 +87,9 @@ class Guard:
         signer: AssertionSigner | None = None,
     ) -> None:
         self.auth = auth
-        self.host_cache = auth.host_cache  # read on every request: one attribute lookup, not two
+        # Read on every request: one attribute lookup each, not two.
+        self.host_cache = auth.host_cache
+        self.policy = auth.policy
         self.signer = signer
         self.domain = domain
         self.port_suffix = "" if public_port == 443 else f":{public_port}"
@@ -154,7 +156,7 @@ class Guard:
         return self._decide(ex, route, session.principal, by_cookie=True)
 
     def _decide(self, ex: Exchange, route: Route, principal: Principal, *, by_cookie: bool) -> Answer | Pass:
-        if not self.auth.policy.allows(route.access, principal):
+        if not self.policy.allows(route.access, principal):
             return _not_found()
         if by_cookie:
             if ex.upgrade is not None:

@@ -31,13 +31,14 @@ import httptools
 from auth.policy import PUBLIC
 from auth.principal import Principal
 from gateway import http1
-from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Pass
+from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Guard, Pass
 from gateway.http1 import BadRequest, Headers
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.wsframes import GOING_AWAY, FrameCursor, close_frame
 from launcher.base import NotRunning
 from routing.paths import PathError, canonical_target
-from routing.table import BY_PATH, INTERNAL, MAIN, NOWHERE, Route, Upstream
+from routing.table import BY_PATH, INTERNAL, MAIN, NOWHERE, Route, RouteTable, Upstream
 
 if TYPE_CHECKING:
     from gateway.worker import Gateway
@@ -133,12 +134,26 @@ class HotState:
 
     The Gateway is a plain Python object: each of its attributes read here would cost a
     dictionary lookup, about forty of them per request. The Gateway owns this and writes
-    it (the clock, draining, the limits on a config reload); connections keep a reference.
+    it (the clock, draining, the limits and the guard on a config reload); connections keep
+    a reference.
     """
 
-    def __init__(self, metrics: Metrics, pool: UpstreamPool, *, request_prefix: bytes, cookie_prefix: bytes) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        pool: UpstreamPool,
+        *,
+        guard: Guard,
+        router: RouteTable,
+        access_log: AccessLog,
+        request_prefix: bytes,
+        cookie_prefix: bytes,
+    ) -> None:
         self.metrics = metrics
         self.pool = pool
+        self.guard = guard  # replaced on a config reload
+        self.router = router
+        self.access_log = access_log
         # The sweeper's coarse clock (loop time), and whether the gateway is shutting down.
         self.now = 0.0
         self.draining = False
@@ -703,7 +718,7 @@ class ClientConnection(Corked):
         self.deadline = self.hot.now + self.hot.idle_timeout
         if ex.request_id == b"":
             ex.request_id = self._request_id(ex)
-        router = gw.router
+        router = self.hot.router
         route = router.cache.get(ex.host)
         if route is None:
             route = router.match(ex.host)
@@ -728,7 +743,7 @@ class ClientConnection(Corked):
                 self._respond_error(ex, 503, "The gateway is restarting; try again in a moment.")
                 return
             if route.access.level != PUBLIC or ex.target.startswith(b"/.wsgate/"):
-                verdict = gw.guard.quick(ex, route)
+                verdict = self.hot.guard.quick(ex, route)
                 self.hot.metrics.auth_checks["store" if verdict is None else "cache"] += 1
                 if verdict is None:
                     if ex.pending is None:
@@ -747,7 +762,7 @@ class ClientConnection(Corked):
         except PathError as e:
             self._respond_error(ex, 400, f"The request path is ambiguous or malformed: {e}", close=True)
             return None
-        route = self.gw.router.match_rule(host, path)
+        route = self.hot.router.match_rule(host, path)
         if route is None or route.rule is None:
             self._respond_error(ex, 404, NOT_FOUND_MESSAGE)
             return None
@@ -767,7 +782,7 @@ class ClientConnection(Corked):
 
     async def _guarded(self, ex: Exchange, route: Route) -> None:
         try:
-            verdict = await self.gw.guard.check(ex, route)
+            verdict = await self.hot.guard.check(ex, route)
         except Exception:
             log.exception("auth check failed")
             verdict = Answer(500, "The gateway could not check this request.", [])
@@ -967,12 +982,12 @@ class ClientConnection(Corked):
             self.advancing = False
 
     def _log(self, ex: Exchange) -> None:
-        gw = self.gw
+        hot = self.hot
         kind = ex.route.kind if ex.route is not None else "none"
         duration = time.monotonic() - ex.start
-        self.hot.metrics.observe(kind, ex.resp_status, duration)
-        if gw.access_log.enabled:
-            gw.access_log.record(
+        hot.metrics.observe(kind, ex.resp_status, duration)
+        if hot.access_log.enabled:
+            hot.access_log.record(
                 ex.request_id.decode("ascii", "replace"),
                 self.peer,
                 ex.method.decode("ascii", "replace"),

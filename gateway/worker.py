@@ -116,7 +116,7 @@ class Gateway:
         self.teams = TeamDirectory(self.docs, self.auth.policy, config_teams(config))
         self.prebuilds: Prebuilds | None = None
         self.rules = Rules(self)
-        self.guard = self._guard(config)
+        guard = self._guard(config)
         self.trusted = TrustedProxies(config.proxy.trusted_proxies)
         self.metrics = Metrics()
         self.access_log = AccessLog(config.log.access_log, config.log.format)
@@ -129,7 +129,13 @@ class Gateway:
             internal=self._internal_protocol,
         )
         self.hot = HotState(
-            self.metrics, self.pool, request_prefix=os.urandom(4).hex().encode(), cookie_prefix=COOKIE_PREFIX
+            self.metrics,
+            self.pool,
+            guard=guard,
+            router=self.router,
+            access_log=self.access_log,
+            request_prefix=os.urandom(4).hex().encode(),
+            cookie_prefix=COOKIE_PREFIX,
         )
         self.hot.now = self.loop.time()
         self.launcher = build_launcher(config, warn=index == 0)
@@ -307,7 +313,7 @@ class Gateway:
         self.auth.policy.admins = frozenset(config.auth.admins)
         self.teams.config_teams = config_teams(config)
         self.spawn(self.teams.load())
-        self.guard = self._guard(config)
+        self.hot.guard = self._guard(config)
         self.access_log.enabled = config.log.access_log
         self.pool.connect_timeout = config.proxy.connect_timeout
         self.pool.size = config.proxy.pool_size
