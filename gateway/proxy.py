@@ -101,15 +101,17 @@ class Cork:
     through its batch. A pass is short: a flush follows before the loop polls again.
     """
 
-    __slots__ = ("dirty", "loop")
+    __slots__ = ("dirty", "flush_soon", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[Corked] = []
+        # Bound once: scheduled on every pass that writes, a fresh bound method each time costs.
+        self.flush_soon: Callable[[], None] = self.flush
 
     def add(self, conn: Corked) -> None:
         if not self.dirty:
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush_soon)
         self.dirty.append(conn)
 
     def flush(self) -> None:
@@ -320,6 +322,7 @@ class ClientConnection(Corked):
         "hot",
         "idle_for",
         "in_body",
+        "line_version",
         "lingering",
         "open_path",
         "open_route",
@@ -360,6 +363,7 @@ class ClientConnection(Corked):
         self.write_paused = False
         self.header_error: BadRequest | None = None
         self.in_body = False
+        self.line_version = b""
         # The forwarding headers for the last Host seen on this connection.
         self.fwd_host = b""
         # A malformed request that arrived while an earlier one was still being answered.
@@ -544,6 +548,8 @@ class ClientConnection(Corked):
                     self.reading = Exchange()
                     self._fail_request(400, "malformed request line")
                     return
+                # The version, read off the line the parser is about to take (on_headers_complete).
+                self.line_version = data[end - 9 : end] if end >= 9 else b""
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -603,11 +609,19 @@ class ClientConnection(Corked):
         p = self.parser
         ex.method = p.get_method()
         ex.target = b"".join(self.url_parts)
-        version = p.get_http_version()
-        if version not in ("1.1", "1.0"):
-            self.header_error = BadRequest(400, "unsupported HTTP version")
-            raise self.header_error
-        ex.minor = 0 if version == "1.0" else 1
+        # A request line that began a read ends in its version (the parser checked the line); for
+        # the others (pipelined, or split across reads) the parser says, in a string it formats.
+        line, self.line_version = self.line_version, b""
+        if line == b" HTTP/1.1":
+            ex.minor = 1
+        elif line == b" HTTP/1.0":
+            ex.minor = 0
+        else:
+            version = p.get_http_version()
+            if version not in ("1.1", "1.0"):
+                self.header_error = BadRequest(400, "unsupported HTTP version")
+                raise self.header_error
+            ex.minor = 0 if version == "1.0" else 1
         ex.keep_alive = p.should_keep_alive()
         self.head_bytes = 0
         self.in_body = True

@@ -355,6 +355,33 @@ def test_gateway_cookie_variants_dropped(
 # --- framing of special responses -----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "writes",
+    [
+        # Pipelined behind an HTTP/1.1 request in the same write.
+        [b"GET /a HTTP/1.1\r\nHost: %(host)s\r\n\r\nGET %(path)s HTTP/1.0\r\nHost: %(host)s\r\n\r\n"],
+        # The request line split across writes, and the head split after the line.
+        [b"GET /a HTTP/1.1\r\nHost: %(host)s\r\n\r\n", b"GET %(path)s HTT", b"P/1.0\r\nHost: %(host)s\r\n\r\n"],
+        [b"GET /a HTTP/1.1\r\nHost: %(host)s\r\n\r\n", b"GET %(path)s HTTP/1.0\r\nHo", b"st: %(host)s\r\n\r\n"],
+    ],
+    ids=["pipelined", "line-split", "head-split"],
+)
+def test_each_request_is_answered_for_its_own_http_version(echo_gw: Gateway, writes: list[bytes]) -> None:
+    # The upstream answers /sized in chunks: only an HTTP/1.0 request gets it close-delimited instead.
+    values = {b"host": HOST.encode(), b"path": b"/sized?bytes=10&chunked=1"}
+    with echo_gw.tls_socket(HOST) as s:
+        for data in writes:
+            s.sendall(data % values)
+            time.sleep(0.2)
+        talk = read_until(s, 8, lambda b: False)
+    assert talk.closed, f"the HTTP/1.0 response was not ended by a close: {talk.data[-300:]!r}"
+    responses = re.split(rb"(?=HTTP/1\.[01] \d{3} )", talk.data)[1:]
+    assert len(responses) == 2 and all(r.startswith(b"HTTP/1.1 200 ") for r in responses), talk.data
+    head, _, body = responses[1].partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and body == b"x" * 10, responses[1]
+    assert b"transfer-encoding: chunked" in responses[0].lower() or b"content-length" in responses[0].lower()
+
+
 @pytest.mark.parametrize("chunked", [True, False], ids=["upstream-chunked", "upstream-length"])
 def test_http10_client_gets_readable_response_and_close(echo_gw: Gateway, chunked: bool) -> None:
     size = 100_000

@@ -490,6 +490,8 @@ REJECTED: list[tuple[str, bytes, tuple[int, ...]]] = [
     ("http09", b"GET /\r\n\r\n", (400,)),
     ("version-junk", b"GET / HTTP/1.1x\r\n" + H + b"\r\n" + SMUGGLED, (400,)),
     ("lowercase-version", b"GET / http/1.1\r\n" + H + b"\r\n" + SMUGGLED, (400,)),
+    ("http12", b"GET / HTTP/1.2\r\n" + H + b"\r\n" + SMUGGLED, (400,)),
+    ("http20-line", b"GET / HTTP/2.0\r\n" + H + b"\r\n" + SMUGGLED, (400,)),
     ("upgrade-h2c", b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
      b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" + SMUGGLED, (400,)),
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (400, 405)),
