@@ -13,6 +13,7 @@ import base64
 import ipaddress
 import json
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from html import escape
 from typing import Final
 
@@ -225,7 +226,7 @@ def request_head(
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"set-cookie"}
 
 
-def _length_mask(names: frozenset[bytes]) -> int:
+def length_mask(names: AbstractSet[bytes]) -> int:
     """Bit n set when some name is n bytes long: most headers are ruled out by their length alone."""
     mask = 0
     for n in names:
@@ -234,8 +235,8 @@ def _length_mask(names: frozenset[bytes]) -> int:
     return mask
 
 
-_REQUEST_SPECIAL_LENGTHS: Final = _length_mask(_REQUEST_SPECIAL)
-_RESPONSE_SPECIAL_LENGTHS: Final = _length_mask(_RESPONSE_SPECIAL)
+_REQUEST_SPECIAL_LENGTHS: Final = length_mask(_REQUEST_SPECIAL)
+_RESPONSE_SPECIAL_LENGTHS: Final = length_mask(_RESPONSE_SPECIAL)
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 

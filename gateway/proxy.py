@@ -70,11 +70,13 @@ _FLUSH_AT = 64 * 1024
 
 # First bytes of header names that may be identity headers (x-..., remote-user).
 _IDENTITY_INITIALS = frozenset(b"xXrR")
-# Bit n set when a request header that `_read_head` reads by name is n bytes long.
-_HEAD_NAMES: Final = (
-    b"host", b"accept", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie", b"authorization"
+# The request headers `_read_head` reads by name, as a mask of their lengths (http1.length_mask).
+_HEAD_LENGTHS: Final = http1.length_mask(
+    {b"host", b"accept", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie", b"authorization"}
 )
-_HEAD_LENGTHS: Final = sum(1 << k for k in {len(n) for n in _HEAD_NAMES})
+# The prefix every gateway cookie carries: never forwarded to an upstream, and no upstream but
+# the gateway's own app may set or clear one.
+_COOKIE_PREFIX: Final = b"__host-wsgate"
 
 
 class _Spent:
@@ -149,7 +151,6 @@ class HotState:
         router: RouteTable,
         access_log: AccessLog,
         request_prefix: bytes,
-        cookie_prefix: bytes,
     ) -> None:
         self.metrics = metrics
         self.pool = pool
@@ -161,7 +162,6 @@ class HotState:
         self.draining = False
         self.request_prefix = request_prefix
         self.request_counter = 0
-        self.cookie_prefix = cookie_prefix
         # Limits and timeouts from the config (Gateway._settings).
         self.max_connections = 0
         self.header_timeout = 0.0
@@ -820,7 +820,7 @@ class ClientConnection(Corked):
             return
         if ex.scrub:
             ex.headers = http1.scrub(
-                ex.headers, self.hot.cookie_prefix, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
+                ex.headers, _COOKIE_PREFIX, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
             )
         rule = route.rule
         if rule is not None and rule.request_headers:
@@ -1401,7 +1401,7 @@ class UpstreamConnection(Corked):
             client_minor=ex.minor,
             close=close,
             # The gateway's own app is the one upstream that sets gateway cookies.
-            drop_cookie=None if self.key is INTERNAL else client.hot.cookie_prefix,
+            drop_cookie=None if self.key is INTERNAL else _COOKIE_PREFIX,
         )
         ex.resp_framing = framing
         self.chunked_out = out_framing == "chunked"
@@ -1446,7 +1446,7 @@ class UpstreamConnection(Corked):
             # The upstream announced an upgrade without switching; treat as a bad answer.
             self._bad_response()
             return
-        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=client.hot.cookie_prefix)
+        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=_COOKIE_PREFIX)
         ex.resp_status = 101
         ex.resp_bytes += len(head)
         self.waiting = False

@@ -46,10 +46,6 @@ RECORD_KIND = "workspace"
 # Ids of workspaces deleted by this process that are remembered (see Gateway._deleted_here).
 _DELETED_KEPT = 10_000
 
-# The prefix every gateway cookie carries; upstreams may never set or clear one.
-COOKIE_PREFIX = b"__host-wsgate"
-
-
 def build_launcher(config: Config, *, warn: bool) -> Backend | None:
     """The embedded launcher, when it is on and can own its workspaces."""
     lc = config.launcher
@@ -135,7 +131,6 @@ class Gateway:
             router=self.router,
             access_log=self.access_log,
             request_prefix=os.urandom(4).hex().encode(),
-            cookie_prefix=COOKIE_PREFIX,
         )
         self.hot.now = self.loop.time()
         self.launcher = build_launcher(config, warn=index == 0)
