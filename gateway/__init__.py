@@ -13,30 +13,40 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 # Compiled together by mypyc when installed with a compiler (setup.py); imported in this order.
-HOT_PATH = ("wsframes", "http1", "metrics", "guard", "proxy")
+HOT_PATH = (
+    "gateway.wsframes", "gateway.http1", "gateway.metrics", "auth.revocation", "auth.policy", "gateway.guard",
+    "gateway.proxy",
+)
 
 
 def _source_over_stale_build() -> None:
     """In a source checkout, a hot-path module edited after the last build must not be shadowed by
     the old compiled one (Python prefers the extension): then all of them load from source. They are
-    compiled as one unit, so one stale module means none of the compiled ones may be used."""
-    here = Path(__file__).resolve().parent
-    if not (here.parent / ".git").exists():
+    compiled as one unit, so one stale module means none of the compiled ones may be used. (`auth`
+    imports this package first, so this runs before any of them can load.)"""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
         return  # an installed package: its files are what was built
+
+    def source(name: str) -> Path:
+        return root.joinpath(*name.split(".")).with_suffix(".py")
+
     def stale(name: str) -> bool:
-        built = list(here.glob(f"{name}.cpython-*.so"))
-        return bool(built) and built[0].stat().st_mtime < (here / f"{name}.py").stat().st_mtime
+        path = source(name)
+        built = list(path.parent.glob(f"{path.stem}.cpython-*.so"))
+        return bool(built) and built[0].stat().st_mtime < path.stat().st_mtime
 
     if not any(stale(name) for name in HOT_PATH):
         return
     for name in HOT_PATH:
-        full = f"{__name__}.{name}"
-        spec = importlib.util.spec_from_file_location(full, here / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, source(name))
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-        setattr(sys.modules[__name__], name, module)
+        package, _, attr = name.rpartition(".")
+        if package in sys.modules:
+            setattr(sys.modules[package], attr, module)
     print(
         "wsgate: the compiled hot path is older than its source; running the source (make install rebuilds it)",
         file=sys.stderr,

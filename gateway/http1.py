@@ -148,6 +148,14 @@ def forwarded_block(
     )
 
 
+def _field(out: list[bytes], name: bytes, value: bytes) -> None:
+    """One header line onto a head being built (appended piece by piece: `out += (...)` makes a tuple)."""
+    out.append(name)
+    out.append(b": ")
+    out.append(value)
+    out.append(b"\r\n")
+
+
 def request_head(
     method: bytes,
     target: bytes,
@@ -184,11 +192,11 @@ def request_head(
     for name, value in headers:
         n = len(name)
         if not listed and (n >= 64 or not (_REQUEST_SPECIAL_LENGTHS >> n) & 1):
-            out += (name, b": ", value, b"\r\n")
+            _field(out, name, value)
             continue
         low = name.lower()
         if low not in _REQUEST_SPECIAL and not listed:
-            out += (name, b": ", value, b"\r\n")
+            _field(out, name, value)
             continue
         if low in HOP_BY_HOP or low in listed or low == b"host":
             continue
@@ -205,14 +213,14 @@ def request_head(
                 elif low == b"forwarded":
                     fwd = value if not fwd else fwd + b", " + value
             continue
-        out += (name, b": ", value, b"\r\n")
+        _field(out, name, value)
     if trusted:
         out.append(forwarded_block(client_ip, client_host, xff=xff, xfp=xfp, xfh=xfh, fwd=fwd))
     elif forwarded is not None:
         out.append(forwarded)
     else:
         out.append(forwarded_block(client_ip, client_host))
-    out += (b"X-Request-Id: ", request_id, b"\r\n")
+    _field(out, b"X-Request-Id", request_id)
     if body == "chunked":
         out.append(b"Transfer-Encoding: chunked\r\n")
     if upgrade is not None:
@@ -279,7 +287,7 @@ def response_head(
     for name, value in headers:
         n = len(name)
         if n >= 64 or not (_RESPONSE_SPECIAL_LENGTHS >> n) & 1:
-            out += (name, b": ", value, b"\r\n")
+            _field(out, name, value)
             continue
         low = name.lower()
         if low in _RESPONSE_SPECIAL:
@@ -297,7 +305,7 @@ def response_head(
                     if tokens:
                         listed = tokens if listed is None else listed | tokens
                 continue
-        out += (name, b": ", value, b"\r\n")
+        _field(out, name, value)
     if listed:
         # Headers named in Connection are hop-by-hop too (rare: a second pass is fine).
         return response_head(
@@ -342,13 +350,13 @@ def upgrade_head(reason: bytes, headers: Headers, *, drop_cookie: bytes | None =
     for name, value in headers:
         low = name.lower()
         if low == b"upgrade":
-            out += (name, b": ", value, b"\r\n")
+            _field(out, name, value)
             continue
         if low in HOP_BY_HOP or low in listed or low == b"content-length":
             continue
         if low == b"set-cookie" and drop_cookie is not None and _names_cookie(value, drop_cookie):
             continue
-        out += (name, b": ", value, b"\r\n")
+        _field(out, name, value)
     out.append(b"Connection: Upgrade\r\n\r\n")
     return b"".join(out)
 
@@ -403,7 +411,7 @@ def error_response(
         b"X-Request-Id: " + request_id + b"\r\n",
     ]
     for name, value in headers:
-        head += (name, b": ", value, b"\r\n")
+        _field(head, name, value)
     head.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(head) + (b"" if head_only else body)
 
@@ -432,6 +440,8 @@ _IDENTITY: Final = frozenset(
 
 def is_identity_header(name: bytes) -> bool:
     """Matches after the normalisation servers apply (case, `_` read as `-`)."""
+    if not name or name[0] | 0x20 not in (0x72, 0x78):
+        return False  # each begins with "x" or "r": most headers are ruled out without a copy
     low = name.lower().replace(b"_", b"-")
     return low.startswith(b"x-wsgate-") or low in _IDENTITY
 
@@ -461,6 +471,8 @@ def _cookie_name(pair: bytes) -> bytes:
 
 # A cookie value the gateway set: visible ASCII without '"', ',', ';' or '\\' (RFC 6265 cookie-octet).
 _COOKIE_OCTETS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'",;\\')
+# Each octet to "a" when it is a cookie-octet, to "!" when it is not.
+_COOKIE_CLASSES: Final = bytes(0x61 if c in _COOKIE_OCTETS else 0x21 for c in range(256))
 
 
 def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -495,8 +507,8 @@ def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
                     if found is not None:
                         return None
                     found = v
-    # Deleting every allowed octet leaves nothing only when the value is all cookie-octets.
-    if not found or found.translate(None, _COOKIE_OCTETS):
+    # A fixed table: translate with deletions would build its table on every call.
+    if not found or found.translate(_COOKIE_CLASSES).find(b"!") != -1:
         return None
     return found
 

@@ -68,8 +68,6 @@ _LINGER = 5.0
 # Bytes a connection may hold back for the end of the loop's pass (see Corked).
 _FLUSH_AT = 64 * 1024
 
-# First bytes of header names that may be identity headers (x-..., remote-user).
-_IDENTITY_INITIALS = frozenset(b"xXrR")
 # The request headers `_read_head` reads by name, as a mask of their lengths (http1.length_mask).
 _HEAD_LENGTHS: Final = http1.length_mask(
     {b"host", b"accept", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie", b"authorization"}
@@ -699,7 +697,7 @@ class ClientConnection(Corked):
             elif (
                 low == b"cookie"
                 or low == b"authorization"
-                or (n > 6 and name[0] in _IDENTITY_INITIALS and http1.is_identity_header(name))
+                or (n > 6 and http1.is_identity_header(name))
             ):
                 ex.scrub = True
         if host is None:
