@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,3 +78,15 @@ def test_an_up_to_date_build_is_not_turned_away(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "ImportError" in run.stderr and SUFFIX in run.stderr
     assert "older than its source" not in run.stderr
+
+
+def test_the_build_and_the_stale_check_name_the_same_modules() -> None:
+    """setup.py compiles, the Makefile rebuilds on changes to, and gateway/__init__.py checks the same list."""
+    expected = {str(_source(Path(), name)) for name in HOT_PATH}
+    setup = (ROOT / "setup.py").read_text()
+    listed = setup[setup.index("HOT_PATH = [") : setup.index("]", setup.index("HOT_PATH = ["))]
+    assert set(re.findall(r'"([\w/]+\.py)"', listed)) == expected
+    makefile = (ROOT / "Makefile").read_text()
+    rule = re.search(r"^HOT_PATH := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE)
+    assert rule is not None
+    assert set(rule.group(1).replace("\\\n", " ").split()) == expected
