@@ -434,6 +434,11 @@ class ClientConnection(Corked):
                 return
             self.handshaking = False
             self.hot.metrics.tls_handshakes["resumed" if tls.session_reused else "full"] += 1
+            if not self.tls_in.pending and not tls.pending():
+                # Nothing came after the client's Finished: a read would only raise
+                # SSLWantReadError (an exception object with a formatted message).
+                self._send_tls()
+                return
         tls_in = self.tls_in
         while not self.closing:
             try:
