@@ -28,10 +28,20 @@ DOMAIN = "wsgate.localhost"
 REPO = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free at the moment, and never one this process was given before: two
+    servers of one test (a gateway and its metrics listener, say) must not be handed the same
+    port, which the kernel may well offer twice in a row once the first probe lets it go."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @contextlib.contextmanager
@@ -45,6 +55,27 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
+
+
+def refuses(port: int, timeout: float = 1.0) -> bool:
+    """Whether a connection to loopback `port` fails (refused, or no answer within `timeout`).
+
+    The client's own port is chosen first and is never `port`: a connection from a port to
+    that same port meets itself (a simultaneous open) and succeeds with nothing listening.
+    """
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        if s.getsockname()[1] != port:
+            break
+        s.close()
+    with s:
+        s.settimeout(timeout)
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
