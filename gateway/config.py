@@ -408,6 +408,24 @@ def _check_port(source: str, key: str, value: int, allow_zero: bool) -> None:
         raise _fail(source, key, f"a port number {low}-65535", value)
 
 
+def _check_ports_apart(cfg: Config, source: str) -> None:
+    """Two listeners on one address and port cannot both bind; found here, before anything serves."""
+    listeners = [
+        ("listen.port", cfg.listen.address, cfg.listen.port),
+        ("listen.http_redirect_port", cfg.listen.address, cfg.listen.http_redirect_port),
+        ("metrics.port", cfg.metrics.address, cfg.metrics.port),
+    ]
+    for i, (key, address, port) in enumerate(listeners):
+        for other, other_address, other_port in listeners[:i]:
+            overlap = (
+                address == other_address
+                or ipaddress.ip_address(address).is_unspecified
+                or ipaddress.ip_address(other_address).is_unspecified
+            )
+            if port and port == other_port and overlap:
+                raise _fail(source, key, f"a port other than {other}'s", port)
+
+
 def check_semantics(cfg: Config, source: str) -> None:
     if not _is_hostname(cfg.domain) or cfg.domain != cfg.domain.lower() or "." not in cfg.domain:
         expected = "a lower-case DNS name with at least two labels, such as 'example.com'"
@@ -425,6 +443,7 @@ def check_semantics(cfg: Config, source: str) -> None:
     _check_port(source, "listen.port", cfg.listen.port, allow_zero=True)
     _check_port(source, "listen.http_redirect_port", cfg.listen.http_redirect_port, allow_zero=True)
     _check_port(source, "metrics.port", cfg.metrics.port, allow_zero=True)
+    _check_ports_apart(cfg, source)
     if cfg.listen.backlog < 1:
         raise _fail(source, "listen.backlog", "a positive integer", cfg.listen.backlog)
     for i, c in enumerate(cfg.tls.certificates):

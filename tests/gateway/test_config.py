@@ -37,6 +37,13 @@ def test_empty_file_is_the_embedded_default(tmp_path: Path) -> None:
         ("domain = 'localhost'", "domain", "at least two labels"),
         ("[listen]\nport = 70000", "listen.port", "port number"),
         ("[listen]\naddress = 'example.com'", "listen.address", "IP address"),
+        ("[listen]\nport = 9000\n[metrics]\nport = 9000", "metrics.port", "a port other than listen.port's"),
+        ("[listen]\nport = 9000\nhttp_redirect_port = 9000", "listen.http_redirect_port", "other than listen.port's"),
+        (
+            "[listen]\naddress = '0.0.0.0'\nhttp_redirect_port = 9100\n[metrics]\nport = 9100",
+            "metrics.port",
+            "a port other than listen.http_redirect_port's",
+        ),
         ("[limits]\nmax_header_bytes = 10", "limits.max_header_bytes", ">= 1024"),
         ("[limits]\nheader_timeout = 0", "limits.header_timeout", "> 0"),
         ("[proxy]\ntrusted_proxies = ['10.0.0.0/33']", "proxy.trusted_proxies[0]", "CIDR"),
@@ -81,6 +88,12 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(f)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_one_port_on_two_distinct_addresses_is_fine() -> None:
+    listeners = {"listen": {"address": "10.0.0.5", "port": 9000}, "metrics": {"address": "127.0.0.1", "port": 9000}}
+    cfg = parse_config(listeners)
+    assert cfg.listen.port == cfg.metrics.port == 9000
 
 
 def test_full_config_parses_into_typed_objects() -> None:
