@@ -13,8 +13,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # The hot path is compiled at install (setup.py): a change to it reinstalls.
-HOT_PATH := gateway/proxy.py gateway/http1.py gateway/wsframes.py gateway/guard.py gateway/metrics.py \
-	auth/revocation.py auth/policy.py
+HOT_PATH := gateway/proxy.py gateway/http1.py gateway/wsframes.py gateway/guard.py gateway/metrics.py
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(HOT_PATH)
 	$(BIN)/pip install -q --upgrade pip

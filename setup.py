@@ -1,8 +1,7 @@
 """Compiles the forwarding hot path with mypyc when a C compiler is at hand.
 
 The modules in HOT_PATH (the proxy, its HTTP/1 and WebSocket helpers, the
-guard, the metrics it counts into, and the session cache and access policy the
-guard asks on every request) are ordinary typed Python (and run as
+guard and the metrics it counts into) are ordinary typed Python (and run as
 such); compiled, they cost about a quarter less CPU per proxied request. A
 machine without a compiler, or WSGATE_PURE_PYTHON=1, gets the same code
 interpreted. `wsgate version` says which one is running.
@@ -20,7 +19,6 @@ from setuptools.command.build_ext import build_ext
 
 HOT_PATH = [
     "gateway/proxy.py", "gateway/http1.py", "gateway/wsframes.py", "gateway/guard.py", "gateway/metrics.py",
-    "auth/revocation.py", "auth/policy.py",
 ]
 
 

@@ -13,17 +13,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 # Compiled together by mypyc when installed with a compiler (setup.py); imported in this order.
-HOT_PATH = (
-    "gateway.wsframes", "gateway.http1", "gateway.metrics", "auth.revocation", "auth.policy", "gateway.guard",
-    "gateway.proxy",
-)
+HOT_PATH = ("gateway.wsframes", "gateway.http1", "gateway.metrics", "gateway.guard", "gateway.proxy")
 
 
 def _source_over_stale_build() -> None:
     """In a source checkout, a hot-path module edited after the last build must not be shadowed by
     the old compiled one (Python prefers the extension): then all of them load from source. They are
-    compiled as one unit, so one stale module means none of the compiled ones may be used. (`auth`
-    imports this package first, so this runs before any of them can load.)"""
+    compiled as one unit, so one stale module means none of the compiled ones may be used."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return  # an installed package: its files are what was built

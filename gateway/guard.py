@@ -174,7 +174,7 @@ class Guard:
         plain = rule is None or rule.identity_headers
         out = _identity_headers(p) if plain else []
         if self.signer is not None:
-            teams = sorted(t.name for t in self.auth.policy.teams.values() if t.has(p))
+            teams = sorted(t.name for t in self.policy.teams.values() if t.has(p))
             token = self.signer.sign(
                 audience=route.host, subject=p.identity, email=p.email, name=p.name, login=p.login,
                 groups=p.qualified_groups(), teams=teams,
