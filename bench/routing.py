@@ -6,15 +6,16 @@ the gateway holds 10,000 rules and 10,000 workspaces instead of 10. Two levels:
 1. lookup only, in this process, no sockets: a ``routing.table.RouteTable`` with
    a ``routing.rules.RuleSet`` and launched workspaces, looked up the way the proxy
    does it (``match`` by Host; for rule hosts ``canonical_target`` then
-   ``match_rule``), for a mix of hosts, with the table's host cache warm (a few
-   hosts repeating) and cold (more distinct hosts than the cache holds); plus
+   ``match_rule``), for a mix of hosts, with the table's host caches warm (a few
+   hosts repeating) and cold (every raw Host new, and every host name new
+   where the kind of host allows it); plus
    what building the rule set costs (start-up, and every rule change);
 2. end to end: two ``wsgate serve`` processes in the same run, one with 10 rules
    and 10 static workspaces, one with 10,000 of each (rules written into the
    document store before start, as the admin API would have stored them), wrk
    small GETs on a public rule host in front of the same upstream nginx, nginx
    proxying that upstream as the speed reference; then the same with every
-   request to another host of the set (more hosts than the host cache holds);
+   request to another host of the set (all 14,000 hosts of the big table);
    full runs also add one rule under load and time the stall of the reload.
 
 Both gateways present the stack's certificate (its local CA is copied into
@@ -141,7 +142,7 @@ MIX: Final = (("main domain", 10), ("workspace host", 40), ("rule host, exact", 
 WARM_KEYS: Final = 64  # distinct hosts of the warm runs
 PASS_LOOKUPS: Final = _CACHE_MAX // 2  # lookups per timed pass
 # Distinct raw Hosts of the cold runs, walked in turn: each was last seen more than a cache's worth of
-# lookups ago, so every lookup misses (the cache is cleared whenever it is full).
+# lookups ago, so every lookup misses the raw-Host cache (cleared whenever it is full).
 COLD_KEYS: Final = 2 * _CACHE_MAX
 
 
@@ -155,11 +156,15 @@ def _rule_target(rng: random.Random, prefixes: tuple[str, ...]) -> bytes:
     return path.encode()
 
 
-def make_key(rng: random.Random, kind: str, plan: RulePlan, workspaces: int) -> Key:
+def make_key(rng: random.Random, kind: str, plan: RulePlan, workspaces: int, new: int | None = None) -> Key:
+    """`new` (a number not used before): a host name of its own where the kind allows one (a workspace port,
+    a wildcard rule's label, an unknown name), so that the name cache misses too."""
     if kind == "main domain":
         return DOMAIN.encode(), rng.choice((b"/", b"/api/v1/workspaces", b"/auth/login"))
     if kind == "workspace host":
         i = rng.randrange(workspaces)
+        if new is not None:
+            return f"{1 + new % 65535}-{workspace_id(i)}.ws.{DOMAIN}".encode(), b"/"
         port = rng.choice((WS_PORT, 3000, 5173, 8888))
         label = workspace_id(i) if rng.random() < 0.3 else f"{port}-{workspace_id(i)}"
         return f"{label}.ws.{DOMAIN}".encode(), b"/"
@@ -168,22 +173,26 @@ def make_key(rng: random.Random, kind: str, plan: RulePlan, workspaces: int) -> 
         return host.encode(), _rule_target(rng, prefixes)
     if kind == "rule host, wildcard":
         suffix, prefixes = rng.choice(plan.wild)
-        return f"{rng.choice(('app', 'ci', 'docs', 'x.y'))}.{suffix}".encode(), _rule_target(rng, prefixes)
+        label = f"c{new}" if new is not None else rng.choice(("app", "ci", "docs", "x.y"))
+        return f"{label}.{suffix}".encode(), _rule_target(rng, prefixes)
     if kind == "unknown host":
+        if new is not None:
+            return f"nope{new}.{DOMAIN}".encode(), b"/"
         return (f"nope{rng.randrange(1000)}.{DOMAIN}" if rng.random() < 0.7 else "example.org").encode(), b"/"
     raise ValueError(kind)
 
 
 def make_keys(seed: int, kind: str, plan: RulePlan, workspaces: int, count: int, *, cold: bool) -> list[Key]:
     """`count` lookups of `kind` ("mix": drawn by MIX); cold ones each get their own ":port" so no two raw Hosts
-    are equal (the same shapes in both setups, whatever the number of names there is to draw from)."""
+    are equal, and their own name where the kind allows (the same shapes in both setups, whatever the number
+    of names there is to draw from)."""
     rng = random.Random(seed)
     kinds = [k for k, _ in MIX]
     weights = [w for _, w in MIX]
     keys = []
     for k in range(count):
         pick = rng.choices(kinds, weights)[0] if kind == "mix" else kind
-        host, target = make_key(rng, pick, plan, workspaces)
+        host, target = make_key(rng, pick, plan, workspaces, k if cold else None)
         if cold:
             host += b":%d" % (1024 + k)
         keys.append((host, target))
@@ -317,8 +326,9 @@ def lookups(opts: Options, res: BenchResult) -> None:
     lines = [f"lookup only: RouteTable.match(Host), and for rule hosts canonical_target + match_rule, as the proxy "
              f"does; {PASS_LOOKUPS:,} lookups per pass, {passes} passes interleaved, thread CPU time; warm = "
              f"{WARM_KEYS} distinct hosts repeating (host cache hits), cold = {COLD_KEYS:,} distinct raw Hosts, each "
-             f"with its own ':port', walked in turn (every lookup misses the {_CACHE_MAX}-entry cache, which is "
-             "cleared whenever full); mix = " + ", ".join(f"{k} {w}%" for k, w in MIX)
+             f"with its own ':port', walked in turn (every lookup misses the {_CACHE_MAX:,}-entry raw-Host cache, "
+             "which is cleared whenever full), and for workspace, wildcard and unknown hosts each with a name of "
+             "its own (a miss in the name cache too: the whole lookup); mix = " + ", ".join(f"{k} {w}%" for k, w in MIX)
              + "; 1 in 10 rule lookups has a path under no rule (404); the loop itself is included; garbage collector "
              "off while timing (collections between passes)"]
     lines += table_lines(head, rows)
@@ -607,6 +617,12 @@ def gateways(opts: Options, st: Stack) -> Iterator[dict[int, Gateway]]:
             gw.proc.stop()
 
 
+def fits(hosts: int) -> str:
+    if hosts <= _CACHE_MAX:
+        return f"all in its {_CACHE_MAX:,}-entry host caches once seen"
+    return f"more than its {_CACHE_MAX:,} cache entries: misses"
+
+
 def end_to_end(opts: Options, res: BenchResult) -> None:
     with stack(opts, res.name) as st, gateways(opts, st) as gws:
         small, big = gws[SMALL], gws[BIG]
@@ -629,7 +645,7 @@ def end_to_end(opts: Options, res: BenchResult) -> None:
         many_text = (f"many hosts: the same wrk, each request to the next of every (rule host, prefix) and "
                      f"workspace host of the gateway, shuffled: {SMALL} rules + {SMALL} workspaces = "
                      f"{len(small.plan.exact) + SMALL} hosts (all in the host cache) vs {BIG:,} + {BIG:,} = "
-                     f"{len(big.plan.exact) + BIG:,} hosts (more than its {_CACHE_MAX} entries: misses)")
+                     f"{len(big.plan.exact) + BIG:,} hosts ({fits(len(big.plan.exact) + BIG)})")
         progress(many_text)
         # No warm-up: the gateways are warm from the runs above.
         measure(opts, list(many.values()), "many hosts", warmup=False)

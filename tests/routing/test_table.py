@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import routing.table as table_module
 from auth.policy import PUBLIC_ACCESS, Access, owner_access
 from routing.table import (
     BAD_HOST,
@@ -80,6 +81,11 @@ def test_main_and_rule_hosts(table: RouteTable) -> None:
         (b"example.com:99999", BAD_HOST),
         (b"ex\xffample.com", BAD_HOST),
         (b"exa/mple.com", BAD_HOST),
+        (b"ex_ample.com\x00", BAD_HOST),
+        (b"ex\xc3\xa9mple.com", BAD_HOST),  # UTF-8 é
+        (b":443", BAD_HOST),
+        (b".", BAD_HOST),
+        (b"a" * 254 + b".example.com", BAD_HOST),  # longer than any name
     ],
 )
 def test_hosts_that_never_match(table: RouteTable, host: bytes, status: int) -> None:
@@ -127,3 +133,43 @@ def test_gateway_hosts_for_redirect_checks(table: RouteTable) -> None:
     assert table.is_gateway_host("grafana.example.com")
     assert not table.is_gateway_host("example.com.evil.org")
     assert not table.is_gateway_host("a.b.ws.example.com")
+
+
+def test_host_characters() -> None:
+    assert normalise_host("My_Host-1.Example.com") == "my_host-1.example.com"
+    for bad in ("é.example.com", "a+b.example.com", "a\tb.example.com", "a..:80x", "\u212a.example.com:x"):
+        assert normalise_host(bad) is None, bad
+    # The Kelvin sign lower-cases to an ASCII "k"; raw Host bytes are ASCII-decoded before this.
+    assert RouteTable("example.com").match("\u212a.example.com".encode()) == BAD_HOST
+
+
+def test_spellings_of_one_host_share_one_answer(table: RouteTable) -> None:
+    first = table.match(b"8080-abc.ws.example.com")
+    for spelling in (b"8080-ABC.ws.example.com", b"8080-abc.ws.example.com.:443", b"8080-abc.ws.example.com:8443"):
+        assert table.match(spelling) is first
+    assert len(table.cache) == 4
+    table.set_workspace_port("abc", 8080, IDE, owner="github:9")
+    # The change drops both caches: a spelling not seen before sees it too.
+    route = table.match(b"8080-Abc.ws.example.com")
+    assert not isinstance(route, int) and route.upstream == IDE and route.access == owner_access("github:9")
+    assert table.match(b"8080-abc.ws.example.com") is route
+
+
+def test_overlong_hosts_are_not_cached(table: RouteTable) -> None:
+    # A raw Host can be as long as the header limit (32 KiB): caching such keys would let a
+    # client make every cache entry that big.
+    for i in range(50):
+        assert table.match(b"%d-abc.ws.example.com:443" % i + b" " * 300) == BAD_HOST
+    assert len(table.cache) == 0
+
+
+def test_caches_stay_bounded(table: RouteTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "_CACHE_MAX", 16)
+    for i in range(1, 200):
+        # New names (one per port) and new spellings of one name.
+        assert table.match(b"%d-zzz.ws.example.com" % i).port == i  # type: ignore[union-attr]
+        assert table.match(b"example.com:%d" % i).kind == MAIN  # type: ignore[union-attr]
+        assert len(table.cache) <= 16 and len(table._by_name) <= 16
+    # Answers after the caches were emptied and refilled are still right.
+    assert table.match(b"8080-abc.ws.example.com").upstream == UP  # type: ignore[union-attr]
+    assert table.match(b"example.com.evil.org") == MISDIRECTED
