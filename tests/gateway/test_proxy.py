@@ -75,6 +75,16 @@ def test_unknown_hosts_never_get_another_tenants_content(gw: Gateway) -> None:
         assert b"path" not in body
 
 
+def test_overlong_and_padded_hosts_get_400(gw: Gateway) -> None:
+    # A valid workspace host padded past the longest possible name, or a made-up 2 KB name:
+    # a 400, nothing forwarded, and the gateway still answers the real host afterwards.
+    for host in (ws_host(8080) + ":443" + "0" * 300, "a" * 2000 + "." + DOMAIN):
+        status, _, body = gw.request(ws_host(8080), "GET", "/", headers={"Host": host})
+        assert status == 400, host[:40]
+        assert b"path" not in body
+    assert gw.request(ws_host(8080), "GET", "/")[0] == 200
+
+
 def test_admin_style_route_forwards_with_base_path_and_upstream_host(
     gw: Gateway, echo_upstream: AiohttpUpstream
 ) -> None:
