@@ -189,6 +189,10 @@ class DocStore(ABC):
     async def list(self, kind: str) -> builtins.list[Doc]:
         """Every document of `kind`, sorted by id."""
 
+    async def versions(self, kind: str) -> dict[str, int]:
+        """Every document id of `kind` with its version: what changed since a load, without the bodies."""
+        return {doc.id: doc.version for doc in await self.list(kind)}
+
     @abstractmethod
     async def put(
         self,
@@ -325,6 +329,15 @@ class SQLiteDocStore(DocStore):
         def read(c: sqlite3.Connection) -> builtins.list[Doc]:
             rows = c.execute("SELECT id, body, version, updated FROM docs WHERE kind = ? ORDER BY id", (kind,))
             return [_doc(kind, r["id"], r["body"], r["version"], r["updated"]) for r in rows]
+
+        return await self._run(read, write=False)
+
+    async def versions(self, kind: str) -> dict[str, int]:
+        check_name("kind", kind)
+
+        def read(c: sqlite3.Connection) -> dict[str, int]:
+            rows = c.execute("SELECT id, version FROM docs WHERE kind = ?", (kind,))
+            return {r["id"]: int(r["version"]) for r in rows}
 
         return await self._run(read, write=False)
 

@@ -433,3 +433,15 @@ async def test_versions_continue_after_a_delete_so_an_old_if_match_fails(store: 
         await store.put("rule", "web", {"a": 3}, if_version=1)  # kept from before the delete
     got = await store.get("rule", "web")
     assert got is not None and got.body == {"a": 2}
+
+
+async def test_versions_name_every_document_of_the_kind_with_its_version(store: DocStore) -> None:
+    assert await store.versions("rule") == {}
+    await store.put("rule", "a", {"n": 1})
+    await store.put("rule", "a", {"n": 2})
+    await store.put("rule", "b", {})
+    await store.put("team", "c", {})
+    assert await store.versions("rule") == {"a": 2, "b": 1}
+    await store.delete("rule", "b")
+    assert await store.versions("rule") == {"a": 2}
+    assert await store.versions("rule") == {d.id: d.version for d in await store.list("rule")}
