@@ -27,11 +27,14 @@ from certs.envelope import EnvelopeError, Keyring
 
 log = logging.getLogger("wsgate.auth")
 
-SESSION_COOKIE = "__Host-wsgate-session"
-FLOW_COOKIE = "__Host-wsgate-flow"
-HOST_COOKIE = "__Host-wsgate-host"
+# Every gateway cookie's name starts with this: the proxy never forwards one to an upstream,
+# and no upstream but the gateway's own app may set or clear one.
+COOKIE_PREFIX = "__Host-wsgate"
+SESSION_COOKIE = COOKIE_PREFIX + "-session"
+FLOW_COOKIE = COOKIE_PREFIX + "-flow"
+HOST_COOKIE = COOKIE_PREFIX + "-host"
 # On a workspace host while its sign-in is under way: binds the ticket to this browser.
-HANDOFF_COOKIE = "__Host-wsgate-hflow"
+HANDOFF_COOKIE = COOKIE_PREFIX + "-hflow"
 HANDOFF_TTL = 600.0
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from auth.policy import PUBLIC
 from auth.principal import Principal
 from auth.redirects import safe_path
-from auth.service import HANDOFF_COOKIE, HANDOFF_TTL, HOST_COOKIE, AuthService
+from auth.service import COOKIE_PREFIX, HANDOFF_COOKIE, HANDOFF_TTL, HOST_COOKIE, AuthService
 from auth.store import StoreError, digest
 from auth.store import now as _now
 from auth.tokens import PREFIX as TOKEN_PREFIX
@@ -41,6 +41,8 @@ log = logging.getLogger("wsgate.guard")
 
 NOT_FOUND_MESSAGE: Final = "There is nothing at this address."
 TOKEN_PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
+# Lower-case: cookie names are compared with it lower-cased (a `__HOST-WSGATE-x` is one too).
+COOKIE_PREFIX_BYTES: Final = COOKIE_PREFIX.lower().encode()
 _HOST_COOKIE: Final = HOST_COOKIE.encode()
 _HANDOFF_COOKIE: Final = HANDOFF_COOKIE.encode()
 ASSERTION_HEADER_BYTES: Final = b"X-Wsgate-Assertion"

@@ -31,7 +31,7 @@ import httptools
 from auth.policy import PUBLIC
 from auth.principal import Principal
 from gateway import http1
-from gateway.guard import NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Guard, Pass
+from gateway.guard import COOKIE_PREFIX_BYTES, NOT_FOUND_MESSAGE, TOKEN_PREFIX_BYTES, Answer, Guard, Pass
 from gateway.http1 import BadRequest, Headers
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
@@ -72,9 +72,6 @@ _FLUSH_AT = 64 * 1024
 _HEAD_LENGTHS: Final = http1.length_mask(
     {b"host", b"accept", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"cookie", b"authorization"}
 )
-# The prefix every gateway cookie carries: never forwarded to an upstream, and no upstream but
-# the gateway's own app may set or clear one.
-_COOKIE_PREFIX: Final = b"__host-wsgate"
 
 
 class _Spent:
@@ -823,7 +820,7 @@ class ClientConnection(Corked):
             return
         if ex.scrub:
             ex.headers = http1.scrub(
-                ex.headers, _COOKIE_PREFIX, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
+                ex.headers, COOKIE_PREFIX_BYTES, TOKEN_PREFIX_BYTES, keep_credentials=route.kind == MAIN
             )
         rule = route.rule
         if rule is not None and rule.request_headers:
@@ -1404,7 +1401,7 @@ class UpstreamConnection(Corked):
             client_minor=ex.minor,
             close=close,
             # The gateway's own app is the one upstream that sets gateway cookies.
-            drop_cookie=None if self.key is INTERNAL else _COOKIE_PREFIX,
+            drop_cookie=None if self.key is INTERNAL else COOKIE_PREFIX_BYTES,
         )
         ex.resp_framing = framing
         self.chunked_out = out_framing == "chunked"
@@ -1449,7 +1446,7 @@ class UpstreamConnection(Corked):
             # The upstream announced an upgrade without switching; treat as a bad answer.
             self._bad_response()
             return
-        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=_COOKIE_PREFIX)
+        head = http1.upgrade_head(self.reason, self.headers, drop_cookie=COOKIE_PREFIX_BYTES)
         ex.resp_status = 101
         ex.resp_bytes += len(head)
         self.waiting = False

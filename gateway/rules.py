@@ -100,23 +100,22 @@ class Rules:
         gone = [i for i in self.versions if i not in stored]
         if len(changed) + len(gone) > _PATCH_MAX:
             return None
+        docs = [doc for rule_id in changed if (doc := await self.gw.docs.get(KIND, rule_id)) is not None]
+        fetched = {doc.id for doc in docs}
+        gone += [i for i in changed if i not in fetched]  # deleted since versions() ran
         rules = self.current
         versions = dict(self.versions)
-        ctx = self.context(loading=True)
         for rule_id in gone:
-            rules = rules.without(rule_id) if rules.get(rule_id) is not None else rules
+            if rules.get(rule_id) is not None:
+                rules = rules.without(rule_id)
             versions.pop(rule_id, None)
-        for rule_id in changed:
-            doc = await self.gw.docs.get(KIND, rule_id)
-            if doc is None:  # deleted since the versions were read
-                rules = rules.without(rule_id) if rules.get(rule_id) is not None else rules
-                versions.pop(rule_id, None)
-                continue
+        ctx = self.context(loading=True)
+        for doc in docs:
             try:
                 rules = rules.with_rule(parse_rule(doc.body, ctx))
             except RuleError:
                 return None
-            versions[rule_id] = doc.version
+            versions[doc.id] = doc.version
         self.versions = versions
         return rules
 

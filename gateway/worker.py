@@ -46,6 +46,7 @@ RECORD_KIND = "workspace"
 # Ids of workspaces deleted by this process that are remembered (see Gateway._deleted_here).
 _DELETED_KEPT = 10_000
 
+
 def build_launcher(config: Config, *, warn: bool) -> Backend | None:
     """The embedded launcher, when it is on and can own its workspaces."""
     lc = config.launcher
