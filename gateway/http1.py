@@ -245,7 +245,7 @@ def length_mask(names: AbstractSet[bytes]) -> int:
 
 _REQUEST_SPECIAL_LENGTHS: Final = length_mask(_REQUEST_SPECIAL)
 _RESPONSE_SPECIAL_LENGTHS: Final = length_mask(_RESPONSE_SPECIAL)
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 _OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import bisect
 import gc
 from collections import defaultdict
-from typing import Any
+from typing import Any, Final
 
 # Request latency buckets in seconds.
-BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)
 
 
 class Metrics:

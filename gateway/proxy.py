@@ -46,27 +46,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.proxy")
 
 # Reasons the client side stops reading (bit flags, resumed only when all clear).
-_PAUSE_UPSTREAM = 1  # upstream's write buffer is full
-_PAUSE_PIPELINE = 2  # a further request arrived before this response ended
-_PAUSE_CONNECT = 4  # waiting for an upstream connection
-_PAUSE_WRITE = 8  # the client is not reading what it is sent
+_PAUSE_UPSTREAM: Final = 1  # upstream's write buffer is full
+_PAUSE_PIPELINE: Final = 2  # a further request arrived before this response ended
+_PAUSE_CONNECT: Final = 4  # waiting for an upstream connection
+_PAUSE_WRITE: Final = 8  # the client is not reading what it is sent
 
 # Methods that may be sent again when a reused upstream connection turns out to be closed.
-_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+_RETRYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 # Requests a client may pipeline behind the one being answered.
-_MAX_PIPELINE = 64
+_MAX_PIPELINE: Final = 64
 
-_WRITE_HIGH = 256 * 1024
-_WRITE_LOW = 64 * 1024
+_WRITE_HIGH: Final = 256 * 1024
+_WRITE_LOW: Final = 64 * 1024
 
-_MAX_RESPONSE_HEAD = 64 * 1024
+_MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 # Seconds a closed client connection reads on for the client to close its end (see ClientConnection._close).
-_LINGER = 5.0
+_LINGER: Final = 5.0
 
 # Bytes a connection may hold back for the end of the loop's pass (see Corked).
-_FLUSH_AT = 64 * 1024
+_FLUSH_AT: Final = 64 * 1024
 
 # The request headers `_read_head` reads by name, as a mask of their lengths (http1.length_mask).
 _HEAD_LENGTHS: Final = http1.length_mask(
@@ -78,15 +78,15 @@ class _Spent:
     """The protocol of the inert parsers that closed connections take (see below)."""
 
 
-# A parser holds its protocol's bound callbacks, and so does a client's transport (get_buffer
-# and buffer_updated), after connection_lost too: connection -> parser -> connection and
+# A parser holds its protocol's bound callbacks, and so does a client's transport (its bound
+# data_received), after connection_lost too: connection -> parser -> connection and
 # connection -> transport -> connection are cycles that only the cyclic garbage collector
 # frees, with everything the connection still holds (transport, TLS state, buffers: about 30
 # objects). A closed connection lets go of its transport and takes one of these inert
 # parsers, so plain reference counting frees it; the collector's runs (tens of microseconds
 # per new TLS connection) mostly go away.
-_SPENT_REQUEST_PARSER = httptools.HttpRequestParser(_Spent())
-_SPENT_RESPONSE_PARSER = httptools.HttpResponseParser(_Spent())
+_SPENT_REQUEST_PARSER: Final = httptools.HttpRequestParser(_Spent())
+_SPENT_RESPONSE_PARSER: Final = httptools.HttpResponseParser(_Spent())
 
 
 class Cork:
@@ -124,7 +124,7 @@ class Cork:
 
 
 # What client connections read into (see ClientConnection): one per process, which has one loop.
-_READ_SIZE = 256 * 1024
+_READ_SIZE: Final = 256 * 1024
 _READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
 
 
@@ -293,11 +293,9 @@ class Exchange:
 class ClientConnection(Corked):
     """One connection from a browser or IDE client, over TLS that it does itself (see `_decrypt`).
 
-    Its reads, and what they decrypt to, go into one shared buffer; `_on_data` gets an
-    exact-size copy of the plaintext. The transport calls `buffer_updated` right after filling
-    the buffer, and the buffer is written to the TLS input (or copied out) before anything else
-    runs, so one buffer serves every connection of the loop. (Upstream connections are plain
-    TCP, for which the loop already makes exact copies.)
+    What it reads goes to OpenSSL's input as it comes; what that decrypts to goes into one
+    buffer shared by every connection of the loop, and `_on_data` gets an exact-size copy
+    made before anything else runs.
     """
 
     __slots__ = (
@@ -380,18 +378,10 @@ class ClientConnection(Corked):
         self.lingering = False
 
     # --- asyncio protocol ------------------------------------------------------------
-    # get_buffer without subclassing asyncio.Protocol is what makes the event loop hand over
-    # reads this way (uvloop looks for the method; asyncio for BufferedProtocol, which it is not).
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if not self.lingering:
-            self.tls_in.write(_READ_VIEW[:nbytes])
-            self._decrypt()
-
+    # Reads come as bytes the loop made, not into a buffer of ours (get_buffer): that costs one
+    # call, a slice and a buffer export per read more, and the bytes go on to OpenSSL's input
+    # at once either way.
     def data_received(self, data: bytes) -> None:
-        # The standard event loop's path (it hands over reads this way, see get_buffer).
         if not self.lingering:
             self.tls_in.write(data)
             self._decrypt()
@@ -439,7 +429,7 @@ class ClientConnection(Corked):
         tls_in = self.tls_in
         while not self.closing:
             try:
-                n = tls.read(_READ_SIZE, _READ_VIEW)
+                n = tls.read(0, _READ_VIEW)  # 0: as much as the buffer holds (no int object made per read)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -450,7 +440,10 @@ class ClientConnection(Corked):
                 self._tls_failed(e)
                 return
             data = _READ_VIEW[:n].tobytes()
-            more = tls_in.pending or tls.pending()
+            # What OpenSSL holds back is the rest of a record that did not fit; a read this size
+            # takes any record whole (at most 16 KiB), so only more input or a full read means
+            # more to read (SSL_pending would release and retake the GIL to say so).
+            more = tls_in.pending or n == _READ_SIZE
             self._on_data(data)
             if not more:
                 break
@@ -489,7 +482,9 @@ class ClientConnection(Corked):
         except (ssl.SSLError, ValueError) as e:
             self._tls_failed(e)
             return
-        self._send_tls()
+        tls_out = self.tls_out
+        if tls_out.pending:  # t is open: flush checked
+            t.write(tls_out.read())
 
     def connection_lost(self, exc: Exception | None) -> None:
         gw = self.gw
@@ -1201,7 +1196,7 @@ class ClientConnection(Corked):
             self._close()
 
 
-NOT_RUNNING_MESSAGE = "This workspace is not running. Start it again from the dashboard."
+NOT_RUNNING_MESSAGE: Final = "This workspace is not running. Start it again from the dashboard."
 
 
 def _refused_message(ex: Exchange) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Final
 
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
+GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
 
 
 class FrameCursor:

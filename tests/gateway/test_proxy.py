@@ -287,7 +287,7 @@ async def test_websocket_relays_frames_subprotocols_and_close_codes(gw: Gateway)
 
 
 async def test_many_connections_at_once_each_get_exactly_their_own_bytes(gw: Gateway) -> None:
-    """Every connection reads into one shared buffer: bytes one connection still holds (a frame
+    """Every connection decrypts into one shared buffer: bytes one connection still holds (a frame
     waiting for the flush, a paused upstream) must never be overwritten by another's next read.
     Messages larger than the buffer (256 KiB) take several reads each."""
     rng = random.Random(7)
