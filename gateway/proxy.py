@@ -123,7 +123,7 @@ class Cork:
                     conn.transport.abort()
 
 
-# What client connections read into (see ClientConnection): one per process, which has one loop.
+# What client connections decrypt into (see ClientConnection): one per process, which has one loop.
 _READ_SIZE: Final = 256 * 1024
 _READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
 
@@ -421,9 +421,10 @@ class ClientConnection(Corked):
                 return
             self.handshaking = False
             self.hot.metrics.tls_handshakes["resumed" if tls.session_reused else "full"] += 1
-            if not self.tls_in.pending and not tls.pending():
-                # Nothing came after the client's Finished: a read would only raise
-                # SSLWantReadError (an exception object with a formatted message).
+            if not self.tls_in.pending:
+                # Nothing came after the client's Finished (OpenSSL takes its input a record at a
+                # time, so anything more is still there): a read would only raise SSLWantReadError
+                # (an exception object with a formatted message).
                 self._send_tls()
                 return
         tls_in = self.tls_in
@@ -482,9 +483,7 @@ class ClientConnection(Corked):
         except (ssl.SSLError, ValueError) as e:
             self._tls_failed(e)
             return
-        tls_out = self.tls_out
-        if tls_out.pending:  # t is open: flush checked
-            t.write(tls_out.read())
+        self._send_tls()
 
     def connection_lost(self, exc: Exception | None) -> None:
         gw = self.gw
