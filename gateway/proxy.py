@@ -235,6 +235,7 @@ class Exchange:
         "accept",
         "body",
         "body_bytes",
+        "client_close",
         "content_length",
         "expect_continue",
         "head_size",
@@ -267,6 +268,8 @@ class Exchange:
         self.host = b""
         self.minor = 1
         self.keep_alive = True
+        # The client said this is its last request (Connection: close, or HTTP/1.0 without keep-alive).
+        self.client_close = False
         self.upgrade: bytes | None = None
         self.request_id = b""
         self.start = 0.0
@@ -617,6 +620,7 @@ class ClientConnection(Corked):
                 raise self.header_error
             ex.minor = 0 if version == "1.0" else 1
         ex.keep_alive = p.should_keep_alive()
+        ex.client_close = not ex.keep_alive
         self.head_bytes = 0
         self.in_body = True
         try:
@@ -961,7 +965,7 @@ class ClientConnection(Corked):
         self._log(ex)
         self.current = None
         if not ex.keep_alive or self.closing or self.hot.draining or ex.upgrade is not None:
-            self._close()
+            self._close(linger=not self._said_last(ex))
             return
         self.deadline = self.hot.now + self.hot.keepalive_timeout
         if not self.advancing:
@@ -1117,8 +1121,20 @@ class ClientConnection(Corked):
     def upstream_resume(self) -> None:
         self._resume(_PAUSE_UPSTREAM)
 
-    def _close(self) -> None:
-        """Ends the connection after what was sent, and lingers (see below)."""
+    def _said_last(self, ex: Exchange) -> bool:
+        """Whether the client sent its last request whole, and nothing after it: then nothing more is
+        coming (RFC 9112 section 9.6) and there is no unread input to turn the close into a reset."""
+        return (
+            ex.client_close
+            and ex.req_done
+            and self.reading is None
+            and not self.queue
+            and self.failed is None
+            and not self.tls_in.pending
+        )
+
+    def _close(self, linger: bool = True) -> None:
+        """Ends the connection after what was sent; lingers (see below) unless `linger` is False."""
         self.closing = True
         self.flush()
         t = self.transport
@@ -1132,7 +1148,7 @@ class ClientConnection(Corked):
             except (ssl.SSLError, ValueError):
                 pass  # SSLWantReadError is the usual answer: the client's alert has not come
             self._send_tls()
-        if not t.can_write_eof():
+        if not linger or not t.can_write_eof():
             t.close()
             return
         # Half-close and read on, discarding: a socket closed with unread input resets the

@@ -6,6 +6,7 @@ gateway ends gets close_notify and a half-close, and it lingers only so long.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -114,44 +115,83 @@ def test_a_failed_handshake_gets_the_alert_and_the_gateway_serves_on(
     assert b"GET /after " in upstream.all_bytes
 
 
-def test_a_connection_the_gateway_ends_gets_close_notify_then_eof(
+def read_to_close_notify(s: ssl.SSLSocket) -> bytes:
+    """Everything until the gateway's close_notify (with suppress_ragged_eofs=False, an end
+    without it raises instead of reading as b"")."""
+    got = b""
+    while piece := s.recv(65536):
+        got += piece
+    return got
+
+
+def wait_for_connections(gw: Gateway, n: int, within: float) -> int:
+    start = time.monotonic()
+    while (open_now := open_connections(gw)) != n and time.monotonic() - start < within:
+        time.sleep(0.05)
+    return open_now
+
+
+def test_a_client_that_said_close_gets_the_answer_close_notify_and_eof_at_once(
     gateway_factory: Callable[..., Gateway], upstream: RecordingUpstream
 ) -> None:
+    """Its last request came whole and nothing after it: nothing more is coming (RFC 9112 9.6), so
+    the gateway closes at once instead of lingering, after the answer and close_notify."""
     gw = gateway_factory(workspace(upstream.port))
+    assert wait_for_connections(gw, 0, 3) == 0  # the readiness probe's connection goes
     raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    # suppress_ragged_eofs=False: an end without close_notify raises instead of reading as b"".
     with gw.ssl_context().wrap_socket(raw, server_hostname=HOST, suppress_ragged_eofs=False) as s:
         s.sendall(f"GET /bye HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-        got = b""
-        while piece := s.recv(65536):  # ends with b"" only on the gateway's close_notify
-            got += piece
+        got = read_to_close_notify(s)
         assert got.startswith(b"HTTP/1.1 200 "), got
         assert got.endswith(b"\r\n\r\n" + BODY), got
-        plain = s.unwrap()  # our close_notify; the gateway's came already
-        plain.settimeout(3)
-        assert plain.recv(100) == b"", "no EOF after close_notify"
-        plain.close()
+        # Under the TLS layer, the end of the stream (not a reset).
+        with socket.socket(fileno=os.dup(s.fileno())) as under:
+            under.settimeout(3)
+            assert under.recv(100) == b"", "no EOF after close_notify"
+        # Gone on the gateway's side while this client still holds its end open.
+        assert wait_for_connections(gw, 0, 2) == 0, "the gateway lingered on a connection the client ended"
+
+
+def test_input_after_the_last_request_makes_the_gateway_linger_and_the_answer_arrives_whole(
+    gateway_factory: Callable[..., Gateway], upstream: RecordingUpstream
+) -> None:
+    """A client that sends on after its `Connection: close` request breaks the protocol, but a close
+    with that input unread would reset the connection and could destroy the answer in its kernel."""
+    gw = gateway_factory(workspace(upstream.port))
+    assert wait_for_connections(gw, 0, 3) == 0
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    with gw.ssl_context().wrap_socket(raw, server_hostname=HOST, suppress_ragged_eofs=False) as s:
+        s.sendall(
+            f"GET /last HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+            f"GET /after HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+        )
+        got = read_to_close_notify(s)
+        assert got.startswith(b"HTTP/1.1 200 "), got
+        assert got.endswith(b"\r\n\r\n" + BODY), got
+        assert got.count(b"HTTP/1.1 ") == 1, got
+        time.sleep(0.5)
+        assert open_connections(gw) == 1, "the gateway closed with the client's input unread"
+    assert b"/after" not in upstream.all_bytes
 
 
 def test_a_client_that_never_closes_is_let_go_after_lingering(
     gateway_factory: Callable[..., Gateway], upstream: RecordingUpstream
 ) -> None:
-    gw = gateway_factory(workspace(upstream.port))
-    time.sleep(0.3)  # the readiness probe's connection goes
-    assert open_connections(gw) == 0
-    with gw.tls_socket(HOST) as s:
-        s.sendall(f"GET /bye HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-        got = b""
-        while piece := s.recv(65536):
-            got += piece
+    """The gateway ends an idle keep-alive connection; the client keeps its end open and even sends on."""
+    gw = gateway_factory("[limits]\nkeepalive_timeout = 1.0\n" + workspace(upstream.port))
+    assert wait_for_connections(gw, 0, 3) == 0
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    with gw.ssl_context().wrap_socket(raw, server_hostname=HOST, suppress_ragged_eofs=False) as s:
+        s.sendall(f"GET /stay HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        got = read_to_close_notify(s)  # the answer, then close_notify once the connection idled 1 s
         assert got.startswith(b"HTTP/1.1 200 "), got
-        # The client keeps its end open and even sends on: the gateway reads and discards.
+        assert got.endswith(b"\r\n\r\n" + BODY), got
+        # The gateway reads and discards what still comes.
         s.sendall(b"more bytes after the end " * 100)
         assert open_connections(gw) == 1
         start = time.monotonic()
-        while open_connections(gw) and time.monotonic() - start < 10:
-            time.sleep(0.2)
+        left = wait_for_connections(gw, 0, 10)
         waited = time.monotonic() - start
-    assert open_connections(gw) == 0, "the lingering connection was never let go"
+    assert left == 0, "the lingering connection was never let go"
     assert waited < 7.0, f"let go after {waited:.1f}s"
     assert b"more bytes" not in upstream.all_bytes
