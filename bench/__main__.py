@@ -20,16 +20,20 @@ from types import FrameType
 from bench import launcher, routing
 from bench.benchmarks import BENCHMARKS, Options
 from bench.report import BenchResult, fmt, table
-from bench.servers import NGINX, REPO, BenchError, stop_all
+from bench.servers import NGINX, REPO, BenchError, child_env, stop_all
 from bench.wrk import WRK
 
 BENCHMARKS["launcher"] = (launcher.DESCRIPTION, launcher.launcher)
 BENCHMARKS["routing"] = (routing.DESCRIPTION, routing.routing)
 
 
-def _cmd(argv: list[str]) -> str:
+# Where the `gateway` package a wsgate process imports comes from.
+_WHERE = "import gateway, pathlib; print(pathlib.Path(gateway.__file__).resolve().parent.parent)"
+
+
+def _cmd(argv: list[str], env: dict[str, str] | None = None) -> str:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unavailable ({e})"
     return (proc.stdout.strip() or proc.stderr.strip()).splitlines()[0] if (proc.stdout or proc.stderr) else ""
@@ -43,6 +47,7 @@ def environment() -> dict[str, str]:
             return "not installed"
 
     commit = _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    hot = _cmd([sys.executable, "-m", "gateway", "version"], env=child_env()).partition(" (")[2].rstrip(")")
     dirty = _cmd(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
     return {
         "nproc": str(os.cpu_count()),
@@ -53,8 +58,10 @@ def environment() -> dict[str, str]:
         "curl": _cmd(["curl", "--version"]).split(" (")[0],
         "openssl": _cmd(["openssl", "version"]),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
-        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''}; "
-                  f"{_cmd([sys.executable, '-m', 'gateway', 'version']).partition(' (')[2].rstrip(')')})",
+        # As the benchmark's wsgate processes run: this repository's code (child_env), compiled or not.
+        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''}; code in "
+                  f"{_cmd([sys.executable, '-c', _WHERE], env=child_env())}; "
+                  f"{hot})",
         "uvloop": pkg("uvloop"),
         "nofile limit": " / ".join(str(x) for x in __import__("resource").getrlimit(
             __import__("resource").RLIMIT_NOFILE)),

@@ -58,6 +58,7 @@ from bench.servers import (
     BenchError,
     Proc,
     Stack,
+    child_env,
     free_port,
     gateway_toml_head,
     https_request,
@@ -429,7 +430,8 @@ def start_gateway(opts: Options, st: Stack, label: str, n: int) -> Gateway:
     script = Path(sys.executable).with_name("wsgate")
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
     t0 = time.monotonic()
-    proc = Proc(f"wsgate-{label}", [*argv, "serve", "--config", str(conf)], workdir / "wsgate.log", cwd=workdir)
+    proc = Proc(f"wsgate-{label}", [*argv, "serve", "--config", str(conf)], workdir / "wsgate.log", env=child_env(),
+                cwd=workdir)
     deadline = t0 + 180
     last = ""
     while time.monotonic() < deadline:

@@ -53,7 +53,9 @@ def free_port() -> int:
 
 
 def child_env() -> dict[str, str]:
-    """Environment for our own Python helpers: `bench` importable from the repository."""
+    """Environment for our own Python processes (helpers and wsgate): `bench`, `gateway` and the
+    other packages imported from this repository, ahead of whatever tree the virtualenv installed
+    (an editable install of another checkout would otherwise be what gets measured)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -398,7 +400,7 @@ class Stack:
         conf.write_text(head + "[auth]\ndev_login = true\n\n" + routes)
         script = Path(sys.executable).with_name("wsgate")
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
-        proc = Proc("wsgate", [*argv, "serve", "--config", str(conf)], d / "wsgate.log", cwd=d)
+        proc = Proc("wsgate", [*argv, "serve", "--config", str(conf)], d / "wsgate.log", env=child_env(), cwd=d)
         self.procs["wsgate"] = proc
         self.ports["wsgate"] = port
         deadline = time.monotonic() + 30
