@@ -1123,13 +1123,15 @@ class ClientConnection(Corked):
 
     def _said_last(self, ex: Exchange) -> bool:
         """Whether the client sent its last request whole, and nothing after it: then nothing more is
-        coming (RFC 9112 section 9.6) and there is no unread input to turn the close into a reset."""
+        coming (RFC 9112 section 9.6) and there is no unread input to turn the close into a reset.
+        While reading is paused, what the client sent since may wait unread in the kernel."""
         return (
             ex.client_close
             and ex.req_done
             and self.reading is None
             and not self.queue
             and self.failed is None
+            and not self.paused
             and not self.tls_in.pending
         )
 
