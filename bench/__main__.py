@@ -27,8 +27,11 @@ BENCHMARKS["launcher"] = (launcher.DESCRIPTION, launcher.launcher)
 BENCHMARKS["routing"] = (routing.DESCRIPTION, routing.routing)
 
 
-# Where the `gateway` package a wsgate process imports comes from.
-_WHERE = "import gateway, pathlib; print(pathlib.Path(gateway.__file__).resolve().parent.parent)"
+# Where the `gateway` package a wsgate process imports comes from, and whether its hot path is compiled.
+_WHERE = (
+    "import gateway, pathlib; print(f'code in {pathlib.Path(gateway.__file__).resolve().parent.parent}; hot path '"
+    " + ('compiled' if gateway.hot_path_compiled() else 'interpreted'))"
+)
 
 
 def _cmd(argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -47,7 +50,6 @@ def environment() -> dict[str, str]:
             return "not installed"
 
     commit = _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    hot = _cmd([sys.executable, "-m", "gateway", "version"], env=child_env()).partition(" (")[2].rstrip(")")
     dirty = _cmd(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
     return {
         "nproc": str(os.cpu_count()),
@@ -59,9 +61,8 @@ def environment() -> dict[str, str]:
         "openssl": _cmd(["openssl", "version"]),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         # As the benchmark's wsgate processes run: this repository's code (child_env), compiled or not.
-        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''}; code in "
-                  f"{_cmd([sys.executable, '-c', _WHERE], env=child_env())}; "
-                  f"{hot})",
+        "wsgate": f"{pkg('wsgate')} (commit {commit}{', modified tree' if dirty else ''}; "
+                  f"{_cmd([sys.executable, '-c', _WHERE], env=child_env())})",
         "uvloop": pkg("uvloop"),
         "nofile limit": " / ".join(str(x) for x in __import__("resource").getrlimit(
             __import__("resource").RLIMIT_NOFILE)),

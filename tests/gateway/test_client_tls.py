@@ -1,7 +1,8 @@
 """The gateway's own TLS on client connections (gateway/proxy.py, ClientConnection._decrypt).
 
 Handshakes that fail get OpenSSL's alert, stalled handshakes are dropped, a connection the
-gateway ends gets close_notify and a half-close, and it lingers only so long.
+gateway ends gets close_notify; a half-close and lingering follow only while the client may
+still be sending, and only so long.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ def test_workers_collector_counts_are_summed_per_generation() -> None:
     assert 'python_gc_objects_collected_total{generation="2"} 7' in text
 
 
-
 def test_a_duration_counts_in_every_bucket_whose_bound_it_does_not_exceed() -> None:
     m = Metrics()
     # On a bound (le is "less than or equal"), just above one, below the first, beyond the last.
