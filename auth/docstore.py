@@ -173,6 +173,11 @@ class DocStore(ABC):
     async def announce(self, kind: str) -> None:  # noqa: B027 - one process has no one to tell
         """Tells every other replica's listeners (kind, "all") without storing anything."""
 
+    @abstractmethod
+    async def bump(self, kind: str) -> None:
+        """Moves `kind`'s generation and tells every listener, here and elsewhere, storing nothing else:
+        how a process that keeps no documents of the kind (the CLI) makes the others reload."""
+
     def follow(self, kind: str) -> None:  # noqa: B027 - one process misses nothing
         """Listeners hear (kind, "*") after the change channel was lost and is back."""
 
@@ -280,6 +285,9 @@ class KindFollower:
 
 
 # --- SQLite ------------------------------------------------------------------------------
+_BUMP: Final = "INSERT INTO generations (kind, n) VALUES (?, 1) ON CONFLICT (kind) DO UPDATE SET n = n + 1"
+
+
 class SQLiteDocStore(DocStore):
     """Documents in the gateway's SQLite file, for one machine.
 
@@ -314,7 +322,7 @@ class SQLiteDocStore(DocStore):
 
     @staticmethod
     def _changed(c: sqlite3.Connection, kind: str, when: float, audit: str | None, version: int) -> None:
-        c.execute("INSERT INTO generations (kind, n) VALUES (?, 1) ON CONFLICT (kind) DO UPDATE SET n = n + 1", (kind,))
+        c.execute(_BUMP, (kind,))
         if audit is not None:
             entry = json.dumps({**json.loads(audit), "version": version}, separators=(",", ":"))
             c.execute("INSERT INTO audit (time, kind, entry) VALUES (?, ?, ?)", (when, kind, entry))
@@ -403,6 +411,15 @@ class SQLiteDocStore(DocStore):
         if doc is not None:
             self._notify(kind, id)
         return doc
+
+    async def bump(self, kind: str) -> None:
+        check_name("kind", kind)
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(_BUMP, (kind,))
+
+        await self._run(write, write=True)
+        self._notify(kind, "all")
 
     async def generation(self, kind: str) -> int:
         check_name("kind", kind)
@@ -562,6 +579,10 @@ class RedisDocStore(DocStore):
     async def announce(self, kind: str) -> None:
         self._kinds.add(kind)
         await self._call(self._redis.publish(CHANNEL, f"{kind}\nall"))
+
+    async def bump(self, kind: str) -> None:
+        await self._call(self._redis.incr(_GEN_KEY + self._kind(kind)))
+        await self.announce(kind)
 
     def _kind(self, kind: str) -> str:
         self._kinds.add(check_name("kind", kind))

@@ -1,13 +1,15 @@
-"""Sessions checked on every request without a store round trip, and revocation that is seen at once.
+"""Sessions and tokens checked on every request without a store round trip, and revocation seen at once.
 
-A workspace request carries a host grant; looking it up means two store reads
-(grant, then session), which in Redis are two network round trips and a task
-switch per request. `SessionCache` keeps what the last full lookup found, but
-only while three things hold:
+A workspace request carries a host grant or a bearer token; looking either up
+means two store reads (grant then session, or token then its owner), which in
+Redis are two network round trips, in SQLite two trips to the database thread,
+and a task switch per request. `SessionCache` and `TokenCache` keep what the
+last full lookup found, but only while three things hold:
 
-- the session's own clocks allow it: its idle timeout and lifetime, its group
-  membership within `membership_ttl`, and its `last_seen` recent enough that
-  the store still gets touched (`SessionStore` does that on the full path);
+- the entry's own clocks allow it: a session's idle timeout and lifetime, a
+  token's expiry, the owner's group membership within `membership_ttl`, and
+  `last_seen` / `last_used` recent enough that the store still gets touched
+  (the full path does that);
 - the revocation epoch is the one read *before* that lookup began. Ending a
   session (sign-out, membership lost, a new sign-in replacing it) or revoking
   a token writes a new epoch, which empties every cache at once;
@@ -17,7 +19,9 @@ only while three things hold:
 The epoch is 8 bytes of memory shared by the worker processes of one gateway
 (mapped before they fork), so a revocation in one worker is seen by the next
 request in every other; replicas on other machines hear it on the Redis change
-channel and write a new epoch of their own.
+channel and write a new epoch of their own. `wsgate tokens revoke`, a process
+of its own on the store, moves the store's revocation generation, which every
+worker polls (or, with Redis, hears at once).
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import mmap
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from auth.principal import Principal
     from auth.sessions import Session
+    from auth.tokens import TokenInfo
+
+V = TypeVar("V")
 
 # Entries kept per worker; beyond this the oldest goes (a miss costs one store lookup).
 MAX_ENTRIES: Final = 50_000
@@ -68,10 +76,50 @@ class Epoch:
         self._cell[0] = new
 
 
-class SessionCache:
+class _Cached(Generic[V]):
+    """Key -> value, each until its own deadline and only under the epoch its lookup began in."""
+
+    __slots__ = ("_entries", "epoch", "live")
+
+    def __init__(self, epoch: Epoch) -> None:
+        self.epoch = epoch
+        # Whether revocations from other replicas are being heard (set by the gateway's wiring
+        # when there are other replicas; None: there is no one else to hear).
+        self.live: Callable[[], bool] | None = None
+        self._entries: dict[str, tuple[V, float, int]] = {}
+
+    def _get(self, key: str) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, until, epoch = entry
+        live = self.live
+        if epoch != self.epoch.current() or time.time() >= until or (live is not None and not live()):
+            del self._entries[key]
+            return None
+        return value
+
+    def _put(self, key: str, value: V, until: float, epoch: int) -> None:
+        if epoch != self.epoch.current():
+            return  # something was revoked while the lookup ran: it may be stale already
+        if until <= time.time():
+            return
+        entries = self._entries
+        if key not in entries and len(entries) >= MAX_ENTRIES:
+            del entries[next(iter(entries))]
+        entries[key] = (value, until, epoch)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SessionCache(_Cached[tuple["Session", str]]):
     """Host grant -> the session it led to, while the rules in the module docstring hold."""
 
-    __slots__ = ("_entries", "epoch", "idle_timeout", "lifetime", "live", "membership_ttl", "touch_every")
+    __slots__ = ("idle_timeout", "lifetime", "membership_ttl", "touch_every")
 
     def __init__(
         self,
@@ -82,48 +130,41 @@ class SessionCache:
         membership_ttl: float,
         touch_every: float,
     ) -> None:
-        self.epoch = epoch
+        super().__init__(epoch)
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
         self.membership_ttl = membership_ttl
         self.touch_every = touch_every
-        # Whether revocations from other replicas are being heard (set by the gateway's wiring
-        # when there are other replicas; None: there is no one else to hear).
-        self.live: Callable[[], bool] | None = None
-        self._entries: dict[str, tuple[Session, str, float, int]] = {}
 
     def get(self, grant: str, host: str) -> Session | None:
-        entry = self._entries.get(grant)
-        if entry is None:
+        found = self._get(grant)
+        if found is None or found[1] != host:
             return None
-        session, for_host, until, epoch = entry
-        if for_host != host:
-            return None
-        live = self.live
-        if epoch != self.epoch.current() or time.time() >= until or (live is not None and not live()):
-            del self._entries[grant]
-            return None
-        return session
+        return found[0]
 
     def put(self, grant: str, host: str, session: Session, epoch: int) -> None:
         """Remembers a lookup that began under `epoch` (read before the store was asked)."""
-        if epoch != self.epoch.current():
-            return  # something was revoked while the lookup ran: it may be stale already
         until = min(
             session.last_seen + self.touch_every,
             session.last_seen + self.idle_timeout,
             session.created + self.lifetime,
             session.groups_checked + self.membership_ttl,
         )
-        if until <= time.time():
-            return
-        entries = self._entries
-        if grant not in entries and len(entries) >= MAX_ENTRIES:
-            del entries[next(iter(entries))]
-        entries[grant] = (session, host, until, epoch)
+        self._put(grant, (session, host), until, epoch)
 
-    def clear(self) -> None:
-        self._entries.clear()
 
-    def __len__(self) -> int:
-        return len(self._entries)
+class TokenCache(_Cached[tuple["TokenInfo", "Principal"]]):
+    """Bearer token -> its record and its owner, for requests that present one again.
+
+    The caller gives each entry its deadline: the token's expiry, when its `last_used`
+    is next due in the store, and how long its owner's groups stay fresh.
+    """
+
+    __slots__ = ()
+
+    def get(self, token: str) -> tuple[TokenInfo, Principal] | None:
+        return self._get(token)
+
+    def put(self, token: str, info: TokenInfo, principal: Principal, until: float, epoch: int) -> None:
+        """Remembers a lookup that began under `epoch` (read before the store was asked)."""
+        self._put(token, (info, principal), until, epoch)

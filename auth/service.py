@@ -18,11 +18,11 @@ import aiohttp
 from auth.policy import Policy
 from auth.principal import Principal
 from auth.providers.base import Provider, ProviderError, Tokens
-from auth.revocation import Epoch, SessionCache
+from auth.revocation import Epoch, SessionCache, TokenCache
 from auth.sessions import TOUCH_EVERY, Session, SessionStore, principal_from_dict, principal_to_dict
 from auth.store import KV, now
 from auth.tickets import Tickets
-from auth.tokens import TokenInfo, TokenStore
+from auth.tokens import USE_WRITE_EVERY, TokenInfo, TokenStore
 from certs.envelope import EnvelopeError, Keyring
 
 log = logging.getLogger("wsgate.auth")
@@ -71,6 +71,7 @@ class AuthService:
             membership_ttl=settings.membership_ttl,
             touch_every=TOUCH_EVERY,
         )
+        self.token_cache = TokenCache(self.epoch)
         # Tells the other replicas that something was revoked (the gateway wires its change channel).
         self.announce: Callable[[], Awaitable[None]] | None = None
         self.tickets = Tickets(kv, hmac_key)
@@ -179,30 +180,44 @@ class AuthService:
         await self._remember(s.principal, s.groups_checked, s.sealed_tokens)
         return s
 
-    async def token_principal(self, info: TokenInfo) -> Principal:
-        """The owner of a token as last seen; groups only while they are fresh."""
+    async def _token_owner(self, info: TokenInfo) -> tuple[Principal, float]:
+        """The owner of a token as last seen (groups only while they are fresh), and until when
+        that may be used without asking again."""
+        ttl = self.settings.membership_ttl
         data = await self.kv.get("user:" + info.owner)
         if data is None:
+            # Never signed in here (a token made by an operator): no groups to go stale, but a
+            # sign-in may yet record some.
             provider, _, uid = info.owner.partition(":")
-            return Principal(provider, uid, "")
+            return Principal(provider, uid, ""), now() + ttl
         p = principal_from_dict(data["principal"])
-        if now() - float(data.get("groups_checked", 0)) > self.settings.membership_ttl:
+        checked = float(data.get("groups_checked", 0))
+        if now() - checked > ttl:
             sealed = str(data.get("tokens", ""))
             groups = await self._load_groups(p, sealed)
             p = replace(p, groups=groups or frozenset())
-            if groups is not None:
-                await self._remember(p, now(), sealed)
-        return p
+            if groups is None:
+                return p, 0.0  # the provider could not tell: fail closed now, ask again next time
+            checked = now()
+            await self._remember(p, checked, sealed)
+        return p, checked + ttl
 
     async def bearer(self, token: str, scope: str) -> tuple[TokenInfo, Principal] | None:
-        info = await self.tokens.verify(token)
-        if info is None or scope not in info.scopes:
-            return None
-        principal = await self.token_principal(info)
-        if not self.may_sign_in(principal):
-            # Tokens end with the membership that allowed their owner in (allowed_groups).
-            return None
-        return info, principal
+        """The token's record and owner when it is live, has `scope` and its owner may sign in."""
+        found = self.token_cache.get(token)
+        if found is None:
+            epoch = self.epoch.current()  # before the lookup: a revocation during it voids the result
+            info = await self.tokens.verify(token)
+            if info is None or scope not in info.scopes:
+                return None
+            principal, fresh_until = await self._token_owner(info)
+            if not self.may_sign_in(principal):
+                # Tokens end with the membership that allowed their owner in (allowed_groups).
+                return None
+            found = (info, principal)
+            self.token_cache.put(token, info, principal, min(info.expires, info.last_used + USE_WRITE_EVERY,
+                                                             fresh_until), epoch)
+        return found if scope in found[0].scopes else None
 
     async def close(self) -> None:
         await self.kv.close()

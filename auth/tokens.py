@@ -20,7 +20,7 @@ import re
 import secrets
 import sqlite3
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,7 +32,8 @@ SCOPES: Final = frozenset({"workspace", "api", "admin"})
 DEFAULT_SCOPES: Final = ("workspace", "api")
 MAX_LIFETIME: Final = 366 * 86400.0
 _TOKEN = re.compile(r"wsg_([a-z2-7]{16})_([A-Za-z0-9_-]{43})\Z")
-_USE_WRITE_EVERY = 60.0
+# How often a token in use has its `last_used` written (and a cached one is looked up again).
+USE_WRITE_EVERY: Final = 60.0
 
 
 class TokenError(ValueError):
@@ -106,8 +107,9 @@ class TokenStore(ABC):
         t = now()
         if info.expires <= t:
             return None
-        if t - info.last_used > _USE_WRITE_EVERY:
+        if t - info.last_used > USE_WRITE_EVERY:
             await self._used(info.id, t)
+            info = replace(info, last_used=t)
         return info
 
     @abstractmethod

@@ -37,7 +37,7 @@ import psutil
 from bench import wrk
 from bench.benchmarks import Options, progress
 from bench.memory import cpu_seconds
-from bench.report import BenchResult, fmt
+from bench.report import BenchResult, Metric, fmt
 from bench.servers import NGINX, REPO, BenchError, Proc, free_port, wait_port
 
 # The test suite's helpers (a real gateway process, the dev sign-in); appended, not prepended:
@@ -595,7 +595,8 @@ def report(res: BenchResult, plan: Plan, starts: dict[str, StartStats], tp: Thro
     lines.append("")
     lines.append(f"throughput: nginx upstream (same command) in a workspace vs on host loopback, same gateway; "
                  f"wrk 64 connections 2 threads {plan.duration:g}s, medians of {plan.rounds} interleaved rounds; "
-                 f"{plan.rounds * plan.downloads} curl downloads of {BIG_MIB} MiB per side, alternating, medians")
+                 f"{plan.rounds * plan.downloads} curl downloads of {BIG_MIB} MiB per side, alternating, medians; "
+                 "workspace/host is the median of each pair's own ratio, as in the summary table")
     head = ("", "workspace", "host", "workspace/host", "target")
     rows = []
     for label, vals, target in (("small GET (req/s)", tp.rps, THROUGHPUT_TARGET),
@@ -603,7 +604,9 @@ def report(res: BenchResult, plan: Plan, starts: dict[str, StartStats], tp: Thro
                                 ("gateway CPU per small GET (us)", tp.cpu_us, None),
                                 ("gateway CPU per MiB downloaded (ms)", tp.cpu_ms_per_mib, None)):
         ws, host = med(vals["workspace"]), med(vals["host"])
-        ratio = ws / host if host else float("nan")
+        # The summary table's comparison (pairs run back to back), so that both say the same.
+        ratio = Metric(label, "", "info", rounds={"nginx": vals["host"], "wsgate": vals["workspace"]}).compared
+        ratio = float("nan") if ratio is None else ratio
         verdict = "" if target is None else f">= {target:.2f}: {'PASS' if ratio >= target else 'MISS'}"
         rows.append((label, fmt(ws), fmt(host), f"{ratio:.2f}x", verdict))
     lines += _table(head, rows)

@@ -197,5 +197,6 @@ class API:
         tid = request.match_info["id"]
         if not await self.gw.auth.tokens.revoke(tid, c.principal.identity):
             return error(404, "no such token")
+        await self.gw.auth.revoked()  # no worker or replica may answer from a cached lookup of it
         event(log, logging.INFO, "token revoked", owner=c.principal.identity, token_id=tid)
         return web.Response(status=204, headers={"Cache-Control": "no-store"})

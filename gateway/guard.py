@@ -140,15 +140,20 @@ class Guard:
     def quick(self, ex: Exchange, route: Route) -> Answer | Pass | None:
         """The verdict without waiting on the store, or None when only `check` can tell.
 
-        The common case on a busy workspace host: a browser whose host cookie's session was
-        looked up a moment ago (the cache's rules are in auth/revocation.py).
+        The common case on a busy workspace host: a browser whose host cookie's session, or a
+        client whose bearer token, was looked up a moment ago (the caches' rules are in
+        auth/revocation.py).
         """
         if ex.target.startswith(b"/.wsgate/"):
             return None
         if route.access.level == PUBLIC:
             return Pass([])
-        if _bearer(ex.headers) is not None:
-            return None
+        bearer = _bearer(ex.headers)
+        if bearer is not None:
+            found = self.auth.token_cache.get(bearer)
+            if found is None or "workspace" not in found[0].scopes:
+                return None
+            return self._decide(ex, route, found[1], by_cookie=False)
         grant = http1.cookie_value(ex.headers, _HOST_COOKIE)
         if grant is None:
             return None

@@ -6,14 +6,31 @@ import argparse
 import datetime as dt
 import sys
 
+from auth.docstore import StoreUnavailable
+from auth.revocation import REVOCATION_KIND
 from auth.store import StoreError
-from auth.tokens import TokenError
+from auth.tokens import USE_WRITE_EVERY, TokenError
 from gateway.config import Config, is_identity
-from gateway.wiring import token_store
+from gateway.wiring import build_docs, token_store
 
 
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+async def _tell_gateways(cfg: Config) -> int:
+    """Running gateways drop what they cached of the token: within half a second on SQLite (they
+    poll the revocation generation), at once with Redis (pub/sub)."""
+    docs = build_docs(cfg)
+    try:
+        await docs.bump(REVOCATION_KIND)
+    except (StoreError, StoreUnavailable) as e:
+        print(f"wsgate: the token is revoked in the store, but running gateways were not told ({e}): "
+              f"they may accept it for up to {USE_WRITE_EVERY:.0f} more seconds", file=sys.stderr)
+        return 1
+    finally:
+        await docs.close()
+    return 0
 
 
 async def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -43,7 +60,7 @@ async def run(args: argparse.Namespace, cfg: Config) -> int:
         if args.tokens_command == "revoke":
             if await store.revoke(args.id):
                 print(f"revoked {args.id}")
-                return 0
+                return await _tell_gateways(cfg)
             print(f"wsgate: no token with id {args.id!r}", file=sys.stderr)
             return 1
     except StoreError as e:

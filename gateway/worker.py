@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from auth.assertions import AssertionSigner
-from auth.docstore import StoreUnavailable
+from auth.docstore import KindFollower, StoreUnavailable
 from auth.policy import PUBLIC, parse_access
 from auth.revocation import REVOCATION_KIND
 from auth.teams import TeamDirectory
@@ -148,8 +148,11 @@ class Gateway:
         # only while theirs can be heard (auth/revocation.py).
         self.auth.announce = self._announce_revocation
         if self.docs.replicated:
-            self.auth.host_cache.live = lambda: self.docs.listening
+            self.auth.host_cache.live = self.auth.token_cache.live = lambda: self.docs.listening
         self.docs.follow(REVOCATION_KIND)
+        # `wsgate tokens revoke` runs in a process of its own: it moves this generation.
+        self.revocations = KindFollower(self.docs, REVOCATION_KIND, self._revocations_moved,
+                                        "revocations not checked; cached tokens and sessions kept")
         self._records_generation = -1
         if self.launcher is not None:
             self.launcher.subscribe(self.workspace_changed)
@@ -203,6 +206,8 @@ class Gateway:
         self.teams.start()
         await self.rules.load()
         self.rules.start()
+        self.revocations.generation = await self.docs.generation(REVOCATION_KIND)
+        self.revocations.start()
         if self.launcher is not None:
             try:
                 await self.launcher.open()
@@ -350,6 +355,11 @@ class Gateway:
         elif kind == REVOCATION_KIND:
             self.auth.epoch.advance()
 
+    async def _revocations_moved(self) -> None:
+        generation = await self.docs.generation(REVOCATION_KIND)
+        self.auth.epoch.advance()
+        self.revocations.generation = generation
+
     async def _announce_revocation(self) -> None:
         try:
             await self.docs.announce(REVOCATION_KIND)
@@ -459,6 +469,7 @@ class Gateway:
         await self.teams.stop()
         self.same_machine.close()
         await self.rules.stop()
+        await self.revocations.stop()
         await self.docs.close()
         await self.auth.close()
         self._stopped.set()

@@ -1,4 +1,4 @@
-"""The per-worker session cache and the revocation epoch shared by worker processes."""
+"""The per-worker session and token caches and the revocation epoch shared by worker processes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 import auth.revocation
 from auth.principal import Principal
-from auth.revocation import MAX_ENTRIES, Epoch, SessionCache, share_between_workers
+from auth.revocation import MAX_ENTRIES, Epoch, SessionCache, TokenCache, share_between_workers
 from auth.sessions import Session
+from auth.tokens import TokenInfo
 
 HOST = "8080-abc.ws.example.test"
 
@@ -125,3 +126,50 @@ def test_workers_forked_after_sharing_see_each_others_revocations(monkeypatch: p
     alone_before = alone.current()
     parent.advance()
     assert alone.current() == alone_before
+
+
+# --- bearer tokens ---------------------------------------------------------------------------
+def token(expires_in: float = 3600.0) -> TokenInfo:
+    t = time.time()
+    return TokenInfo("abcdefghijklmnop", "dev:alice", "ide", ("workspace",), t, t + expires_in, t)
+
+
+ALICE = Principal("dev", "alice", "alice")
+
+
+def test_a_token_looked_up_is_answered_with_its_record_and_owner() -> None:
+    c = TokenCache(Epoch())
+    info = token()
+    c.put("wsg_x", info, ALICE, time.time() + 60, c.epoch.current())
+    assert c.get("wsg_x") == (info, ALICE)
+    assert c.get("wsg_y") is None
+
+
+def test_a_revocation_empties_the_token_cache_and_a_lookup_across_one_is_not_kept() -> None:
+    c = TokenCache(Epoch())
+    c.put("wsg_x", token(), ALICE, time.time() + 60, c.epoch.current())
+    c.epoch.advance()
+    assert c.get("wsg_x") is None and len(c) == 0
+    before = c.epoch.current()
+    c.epoch.advance()  # a revocation lands while the store lookup is under way
+    c.put("wsg_x", token(), ALICE, time.time() + 60, before)
+    assert c.get("wsg_x") is None
+
+
+def test_a_token_entry_ends_at_its_deadline_and_a_past_one_is_never_stored() -> None:
+    c = TokenCache(Epoch())
+    c.put("wsg_x", token(), ALICE, time.time() + 0.3, c.epoch.current())
+    assert c.get("wsg_x") is not None
+    time.sleep(0.35)
+    assert c.get("wsg_x") is None
+    c.put("wsg_x", token(), ALICE, time.time() - 1, c.epoch.current())
+    assert c.get("wsg_x") is None
+
+
+def test_no_token_is_trusted_while_other_replicas_cannot_be_heard() -> None:
+    c = TokenCache(Epoch())
+    c.put("wsg_x", token(), ALICE, time.time() + 60, c.epoch.current())
+    c.live = lambda: False
+    assert c.get("wsg_x") is None
+    c.live = lambda: True
+    assert c.get("wsg_x") is None

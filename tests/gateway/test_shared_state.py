@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from redis_server import RedisServer
 from signin_client import Browser, Visit, dev_sign_in
-from wsgate_testing import DOMAIN, AiohttpUpstream, Gateway
+from wsgate_testing import DOMAIN, REPO, AiohttpUpstream, Gateway
 from yarl import URL
 
 pytestmark = pytest.mark.slow
@@ -133,12 +134,13 @@ async def test_every_request_succeeds_whichever_worker_answers(gw2: Gateway) -> 
     no_tracebacks(gw2)
 
 
-async def cache_hits(gw: Gateway) -> int:
-    """Requests whose session came from a worker's cache (workers report their counters every second)."""
+async def cache_hits(gw: Gateway, above: int = 0) -> int:
+    """Requests whose session or token came from a worker's cache, once more than `above` (workers
+    report their counters every second), or as they stand after 5 s."""
     deadline = time.monotonic() + 5
     while True:
         found = re.search(r'^wsgate_auth_checks_total\{source="cache"\} (\d+)$', gw.metrics(), re.M)
-        if (found and int(found.group(1)) > 0) or time.monotonic() > deadline:
+        if (found and int(found.group(1)) > above) or time.monotonic() > deadline:
             return int(found.group(1)) if found else 0
         await asyncio.sleep(0.2)
 
@@ -169,6 +171,57 @@ async def test_sign_out_in_one_worker_is_seen_by_the_next_request_in_every_worke
             if attempt < 2:  # again, with a fresh session
                 visit = await dev_sign_in(b, ws_url(gw2, "/again"), "alice")
                 assert visit.status == 200
+    no_tracebacks(gw2)
+
+
+async def test_a_revoked_token_is_refused_by_the_next_request_in_every_worker(gw2: Gateway) -> None:
+    """Both workers have just answered for the token from their caches; it is revoked through the
+    API on one worker (a second one with `wsgate tokens revoke`): nothing gets through after that."""
+    async with Browser(str(gw2.ca)) as owner:
+        await dev_sign_in(owner, main_url(gw2, "/auth/login"), "alice")
+        for how in ("api", "cli"):
+            made = await owner.go(
+                main_url(gw2, "/api/v1/tokens"),
+                "POST",
+                data=json.dumps({"name": f"ide {how}", "scopes": ["workspace"], "expires_in": 3600}),
+                headers={"Content-Type": "application/json", "X-CSRF-Token": await csrf_of(owner, gw2)},
+            )
+            assert made.status == 201, made.text
+            created = json.loads(made.text)
+            bearer = {"Authorization": f"Bearer {created['token']}"}
+            hits_before = int(m.group(1)) if (m := re.search(r'source="cache"\} (\d+)', gw2.metrics())) else 0
+            async with Browser(str(gw2.ca)) as ide:
+                seen: set[str] = set()
+                for n in range(10):  # until both workers have answered (each request is a fresh connection),
+                    batch = await asyncio.gather(  # then once more: the first answers came from the store
+                        *(ide.go(ws_url(gw2, f"/tok{i}"), headers=bearer, follow=False) for i in range(10))
+                    )
+                    assert all(v.status == 200 for v in batch), [(v.status, v.text[:200]) for v in batch]
+                    if len(seen) == 2 and n >= 1:
+                        break
+                    seen |= {request_id(v).rsplit("-", 1)[0] for v in batch}
+                assert len(seen) == 2, f"only one worker answered: {seen}"
+                assert await cache_hits(gw2, hits_before) > hits_before, gw2.metrics()  # answered from the token caches
+                if how == "api":
+                    gone = await owner.go(
+                        main_url(gw2, f"/api/v1/tokens/{created['id']}"),
+                        "DELETE",
+                        headers={"X-CSRF-Token": await csrf_of(owner, gw2)},
+                    )
+                    assert gone.status == 204
+                else:
+                    out = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "gateway", "tokens", "revoke", created["id"], "--config",
+                        str(gw2.config), cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    )
+                    _, err = await out.communicate()
+                    assert out.returncode == 0, err.decode()
+                after = await asyncio.gather(
+                    *(ide.go(ws_url(gw2, f"/after{i}"), headers=bearer, follow=False) for i in range(20))
+                )
+                for v in after:
+                    assert v.status == 401 and "invalid_token" in v.last.headers["WWW-Authenticate"], (how, v.status)
+                    assert "/after" not in v.text
     no_tracebacks(gw2)
 
 
