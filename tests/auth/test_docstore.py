@@ -445,3 +445,25 @@ async def test_versions_name_every_document_of_the_kind_with_its_version(store: 
     await store.delete("rule", "b")
     assert await store.versions("rule") == {"a": 2}
     assert await store.versions("rule") == {d.id: d.version for d in await store.list("rule")}
+
+
+@pytest.mark.slow
+async def test_redis_versions_are_read_off_every_record_even_one_written_in_another_order(redis_url: str) -> None:
+    """Versions come from the records in Redis itself (no body is fetched), including a record whose
+    fields are in another order than the gateway writes them (written by hand, or by an older version)."""
+    import redis.asyncio as aioredis
+
+    store = RedisDocStore(redis_url)
+    await store.open()
+    try:
+        for i in range(2000):
+            await store.put("bulk", f"r{i:04d}", {"n": i, "text": "x" * 200})
+        await store.put("bulk", "r0007", {"n": 7})
+        raw = aioredis.from_url(redis_url, decode_responses=True)
+        await raw.hset("wsgate:doc:bulk", "old", '{"body":{"a":1},"updated":1.5,"version":4}')
+        await raw.aclose()
+        versions = await store.versions("bulk")
+        assert len(versions) == 2001 and versions["r0007"] == 2 and versions["r1999"] == 1 and versions["old"] == 4
+        assert versions == {d.id: d.version for d in await store.list("bulk")}
+    finally:
+        await store.close()
