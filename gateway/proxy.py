@@ -1223,10 +1223,10 @@ def _refused_message(ex: Exchange) -> str:
     return "The upstream refused the connection."
 
 
-def pool_key(target: Upstream) -> tuple[str, str, int]:
-    """Where a pooled connection goes: routes to one server share its idle connections whatever
-    their base path. A tuple of str and int hashes in C, where Upstream's dataclass hash is Python."""
-    return (target.scheme, target.host, target.port)
+def pool_key(target: Upstream) -> str:
+    """Where a pooled connection goes (`Upstream.pool`): a str hashes in C and caches its hash,
+    where Upstream's dataclass hash is Python."""
+    return target.pool
 
 
 class UpstreamConnection(Corked):
@@ -1497,7 +1497,7 @@ class UpstreamPool:
         self.size = size
         self.idle_timeout = idle_timeout
         self.internal = internal
-        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[str, list[UpstreamConnection]] = {}
         self.cork = Cork(loop)
         self._tls = ssl.create_default_context()
         self._tls.set_alpn_protocols(["http/1.1"])

@@ -173,3 +173,14 @@ def test_caches_stay_bounded(table: RouteTable, monkeypatch: pytest.MonkeyPatch)
     # Answers after the caches were emptied and refilled are still right.
     assert table.match(b"8080-abc.ws.example.com").upstream == UP  # type: ignore[union-attr]
     assert table.match(b"example.com.evil.org") == MISDIRECTED
+
+
+def test_upstreams_of_one_server_share_one_pool_key_whatever_their_base_path() -> None:
+    a = Upstream.from_url("http://10.0.0.5:8080/app")
+    b = Upstream.from_url("http://10.0.0.5:8080")
+    assert a.pool is b.pool  # one interned string: the pool finds it by identity
+    assert a != b and a.base_path == "/app"
+    assert Upstream.from_url("https://10.0.0.5:8080").pool != a.pool
+    assert Upstream.from_url("http://10.0.0.5:8081").pool != a.pool
+    assert Upstream("workspace", "abc", 8080).pool not in (a.pool, Upstream("workspace", "abd", 8080).pool)
+    assert "pool" not in repr(a) and hash(a) == hash(Upstream.from_url("http://10.0.0.5:8080/app"))
