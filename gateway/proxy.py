@@ -1223,12 +1223,6 @@ def _refused_message(ex: Exchange) -> str:
     return "The upstream refused the connection."
 
 
-def pool_key(target: Upstream) -> str:
-    """Where a pooled connection goes (`Upstream.pool`): a str hashes in C and caches its hash,
-    where Upstream's dataclass hash is Python."""
-    return target.pool
-
-
 class UpstreamConnection(Corked):
     """One pooled HTTP/1.1 connection to an upstream."""
 
@@ -1257,7 +1251,7 @@ class UpstreamConnection(Corked):
         super().__init__(pool.cork)
         self.pool = pool
         self.key = key
-        self.pool_key = pool_key(key)
+        self.pool_key = key.pool
         self.parser = httptools.HttpResponseParser(self)
         self.client: ClientConnection | None = None
         self.ex: Exchange | None = None
@@ -1497,13 +1491,14 @@ class UpstreamPool:
         self.size = size
         self.idle_timeout = idle_timeout
         self.internal = internal
+        # Idle connections by `Upstream.pool`.
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self.cork = Cork(loop)
         self._tls = ssl.create_default_context()
         self._tls.set_alpn_protocols(["http/1.1"])
 
     def take(self, key: Upstream) -> UpstreamConnection | None:
-        idle = self._idle.get(pool_key(key))
+        idle = self._idle.get(key.pool)
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():

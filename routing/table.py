@@ -61,7 +61,7 @@ class Upstream:
     pool: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pool", sys.intern(f"{self.scheme}://{self.host}:{self.port}"))
+        object.__setattr__(self, "pool", sys.intern(f"{self.scheme}://{self.authority}"))
 
     @classmethod
     def from_url(cls, url: str) -> Upstream:

@@ -134,14 +134,20 @@ async def test_every_request_succeeds_whichever_worker_answers(gw2: Gateway) -> 
     no_tracebacks(gw2)
 
 
+def cache_count(gw: Gateway) -> int:
+    """Requests whose session or token came from a worker's cache, as last reported."""
+    found = re.search(r'^wsgate_auth_checks_total\{source="cache"\} (\d+)$', gw.metrics(), re.M)
+    return int(found.group(1)) if found else 0
+
+
 async def cache_hits(gw: Gateway, above: int = 0) -> int:
-    """Requests whose session or token came from a worker's cache, once more than `above` (workers
-    report their counters every second), or as they stand after 5 s."""
+    """`cache_count` once more than `above` (workers report their counters every second), or as it
+    stands after 5 s."""
     deadline = time.monotonic() + 5
     while True:
-        found = re.search(r'^wsgate_auth_checks_total\{source="cache"\} (\d+)$', gw.metrics(), re.M)
-        if (found and int(found.group(1)) > above) or time.monotonic() > deadline:
-            return int(found.group(1)) if found else 0
+        count = cache_count(gw)
+        if count > above or time.monotonic() > deadline:
+            return count
         await asyncio.sleep(0.2)
 
 
@@ -189,7 +195,7 @@ async def test_a_revoked_token_is_refused_by_the_next_request_in_every_worker(gw
             assert made.status == 201, made.text
             created = json.loads(made.text)
             bearer = {"Authorization": f"Bearer {created['token']}"}
-            hits_before = int(m.group(1)) if (m := re.search(r'source="cache"\} (\d+)', gw2.metrics())) else 0
+            hits_before = cache_count(gw2)
             async with Browser(str(gw2.ca)) as ide:
                 seen: set[str] = set()
                 for n in range(10):  # until both workers have answered (each request is a fresh connection),

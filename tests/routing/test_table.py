@@ -184,3 +184,5 @@ def test_upstreams_of_one_server_share_one_pool_key_whatever_their_base_path() -
     assert Upstream.from_url("http://10.0.0.5:8081").pool != a.pool
     assert Upstream("workspace", "abc", 8080).pool not in (a.pool, Upstream("workspace", "abd", 8080).pool)
     assert "pool" not in repr(a) and hash(a) == hash(Upstream.from_url("http://10.0.0.5:8080/app"))
+    # An IPv6 address keeps its brackets (Upstream.authority): its port cannot be read as part of it.
+    assert Upstream.from_url("http://[::1]:8080").pool == "http://[::1]:8080"
